@@ -1,0 +1,1 @@
+"""MONAI-style transforms (array + dictionary pairs) used by the brainmvp bundles."""

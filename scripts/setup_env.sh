@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Create or update the project's virtual environment (.venv) and install brainmvp into it.
+# Usage: source scripts/setup_env.sh [requirements-file]   (default: requirements.txt)
+# Re-installs only when the requirements or pyproject.toml changed since the last run.
+set -euo pipefail
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+REQUIREMENTS="${1:-requirements.txt}"
+PYTHON="${PYTHON:-python3}"
+VENV="$REPO_ROOT/.venv"
+
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "[setup] creating virtual environment .venv"
+  "$PYTHON" -m venv "$VENV"
+fi
+stamp="$VENV/.brainmvp-installed-$(basename "$REQUIREMENTS")"
+digest="$(cat "$REPO_ROOT/requirements.txt" "$REPO_ROOT/$REQUIREMENTS" "$REPO_ROOT/pyproject.toml" | sha256sum | cut -d' ' -f1)"
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$digest" ]; then
+  echo "[setup] installing $REQUIREMENTS into .venv (torch is pinned in requirements.txt)"
+  "$VENV/bin/python" -m pip install --quiet --upgrade pip
+  # requirements.txt pins torch first so that no dependency pulls a different build
+  "$VENV/bin/python" -m pip install --quiet "$(grep -E '^torch==' "$REPO_ROOT/requirements.txt")"
+  "$VENV/bin/python" -m pip install --quiet -r "$REPO_ROOT/$REQUIREMENTS"
+  "$VENV/bin/python" -m pip install --quiet --no-deps -e "$REPO_ROOT"
+  echo "$digest" > "$stamp"
+else
+  echo "[setup] .venv is up to date"
+fi
+export PATH="$VENV/bin:$PATH"

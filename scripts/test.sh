@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Create or update .venv and run the test suite. Extra arguments go to pytest.
+set -euo pipefail
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$REPO_ROOT"
+source scripts/setup_env.sh requirements-dev.txt
+export CUDA_VISIBLE_DEVICES="${CUDA_VISIBLE_DEVICES-}"
+python -m ruff check .
+python -m pytest "$@"
