@@ -1,0 +1,135 @@
+"""BrainMVP pre-training network: UniFormer encoder, skip-free reconstruction decoder and modality templates.
+
+Pre-training reconstructs a single-modality crop from a block-masked view of it (masked blocks filled with
+the learnable modality template, or with another modality of the same case). The decoder deliberately has
+no skip connections, as in the authors' code: every voxel of the reconstruction has to come through the
+deepest features, which are also the features the contrastive loss compares. The masking and filling
+happen outside the network (:mod:`brainmvp_components.masking`, the pre-training engine); the templates
+are held here so that one state dict carries everything pre-training learns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from monai.networks.blocks.dynunet_block import UnetOutBlock, get_conv_layer
+from torch import nn
+
+from brainmvp_components.atlas import BRATS_ATLAS_AFFINE, BRATS_ATLAS_SHAPE
+from brainmvp_components.modalities import CANONICAL_MODALITIES
+from brainmvp_components.networks.uniformer import UNIFORMER_PRESETS, UniFormer3D
+
+__all__ = ["UpsampleStage", "PretrainDecoder", "BrainMVPPretrainModel", "brainmvp_pretrain_model"]
+
+
+class UpsampleStage(nn.Module):
+    """One decoder stage of the pre-training decoder: a bias-free ``ConvTranspose3d`` (kernel 2, stride 2).
+
+    The attribute name ``transp_conv`` (a MONAI ``Convolution`` holding ``conv``) matches the
+    ``decoderN.transp_conv.conv.weight`` keys of the authors' checkpoints and of MONAI's ``UnetrUpBlock``.
+    Shapes: ``(B, in_channels, S1, S2, S3) -> (B, out_channels, 2 S1, 2 S2, 2 S3)``.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.transp_conv = get_conv_layer(
+            3, in_channels, out_channels, kernel_size=2, stride=2, conv_only=True, is_transposed=True
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.transp_conv(x)
+
+
+class PretrainDecoder(nn.Module):
+    """Skip-free reconstruction decoder: four transposed convolutions and a 1x1x1 output convolution.
+
+    ``decoder5`` (``dims[3] -> dims[2]``), ``decoder4`` (``dims[2] -> dims[1]``), ``decoder3``
+    (``dims[1] -> dims[0]``), ``decoder2`` (``dims[0] -> dims[0]``), each doubling every side, then
+    ``out_1`` (MONAI ``UnetOutBlock``, ``dims[0] -> out_channels`` with bias). There are no activations
+    between the stages, exactly as in the authors' pre-training model.
+
+    The authors' decoder object also owns ``decoderN.conv_block.*`` and ``proj1.*`` weights that its
+    pre-training forward never uses; they are left out here (so distributed training sees no unused
+    parameters) and :func:`brainmvp_components.weights.load_official_checkpoint` skips them.
+
+    Args:
+        dims: the encoder's stage widths (``encoder.out_channels``).
+        out_channels: reconstructed channels.
+
+    Shapes: ``(B, dims[3], h, w, d) -> (B, out_channels, 16 h, 16 w, 16 d)``.
+    """
+
+    def __init__(self, dims: Sequence[int] = (64, 128, 320, 512), out_channels: int = 1) -> None:
+        super().__init__()
+        if len(dims) != 4:
+            raise ValueError(f"PretrainDecoder needs the four encoder stage widths, got dims={dims}")
+        self.dims = tuple(int(d) for d in dims)
+        self.decoder5 = UpsampleStage(self.dims[3], self.dims[2])
+        self.decoder4 = UpsampleStage(self.dims[2], self.dims[1])
+        self.decoder3 = UpsampleStage(self.dims[1], self.dims[0])
+        self.decoder2 = UpsampleStage(self.dims[0], self.dims[0])
+        self.out_1 = UnetOutBlock(3, self.dims[0], out_channels)
+
+    def forward(self, x4: torch.Tensor) -> torch.Tensor:
+        if x4.ndim != 5 or x4.shape[1] != self.dims[3]:
+            raise ValueError(f"PretrainDecoder expects (B, {self.dims[3]}, h, w, d), got shape {tuple(x4.shape)}")
+        return self.out_1(self.decoder2(self.decoder3(self.decoder4(self.decoder5(x4)))))
+
+
+class BrainMVPPretrainModel(nn.Module):
+    """The BrainMVP pre-training model: encoder, reconstruction decoder and learnable modality templates.
+
+    Args:
+        encoder: a network returning five feature maps ``[x0, ..., x4]`` in the input's axis order
+            (:class:`~brainmvp_components.networks.uniformer.UniFormer3D`).
+        decoder: maps ``x4`` to the reconstruction (:class:`PretrainDecoder`).
+        templates: a :class:`~brainmvp_components.templates.ModalityTemplates`; not used by :meth:`forward`,
+            held so that the pre-training engine crops view fills from it and it trains and saves with the
+            model (state-dict key ``templates.weight``).
+
+    :meth:`forward` maps a single-modality (possibly masked and filled) crop ``x (B, 1, H, W, D)`` to
+    ``(reconstruction (B, 1, H, W, D), x4 (B, dims[-1], H / 16, W / 16, D / 16))``.
+
+    State-dict layout: ``encoder.<UniFormer3D keys>``, ``decoder.decoder{5,4,3,2}.transp_conv.conv.weight``,
+    ``decoder.out_1.conv.conv.{weight,bias}``, ``templates.*``.
+    """
+
+    def __init__(self, encoder: nn.Module, decoder: nn.Module, templates: nn.Module) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.decoder = decoder
+        self.templates = templates
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.encoder(x)
+        x4 = features[-1]
+        return self.decoder(x4), x4
+
+
+def brainmvp_pretrain_model(
+    preset: str = "small",
+    template_shape: Sequence[int] = BRATS_ATLAS_SHAPE,
+    template_affine: np.ndarray | torch.Tensor | None = None,
+    modalities: Sequence[str] = CANONICAL_MODALITIES,
+    **encoder_kwargs,
+) -> BrainMVPPretrainModel:
+    """Build a :class:`BrainMVPPretrainModel` from a UniFormer preset, for bundle configs.
+
+    Args:
+        preset: UniFormer size, ``"small"`` (the authors') or ``"tiny"``.
+        template_shape: spatial shape ``(H, W, D)`` of each template (the atlas grid by default).
+        template_affine: 4x4 voxel-to-world affine of the template grid (``BRATS_ATLAS_AFFINE`` by default).
+        modalities: template modalities (canonical names or aliases).
+        encoder_kwargs: overrides for :class:`UniFormer3D` (``in_channels`` is fixed to 1).
+    """
+    from brainmvp_components.templates import ModalityTemplates
+
+    if preset not in UNIFORMER_PRESETS:
+        raise ValueError(f"unknown UniFormer preset {preset!r}; choose one of {sorted(UNIFORMER_PRESETS)}")
+    encoder = UniFormer3D(**{**UNIFORMER_PRESETS[preset], **encoder_kwargs, "in_channels": 1})
+    decoder = PretrainDecoder(encoder.out_channels, out_channels=1)
+    affine = BRATS_ATLAS_AFFINE if template_affine is None else template_affine
+    templates = ModalityTemplates(modalities=tuple(modalities), spatial_shape=tuple(template_shape), affine=affine)
+    return BrainMVPPretrainModel(encoder, decoder, templates)

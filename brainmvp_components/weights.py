@@ -1,0 +1,411 @@
+"""Pre-trained weights: the authors' published checkpoint, its conversion, and encoder loading downstream.
+
+Three file formats meet here:
+
+- the authors' release ``BrainMVP_uniformer.pt``: ``{"state_dict": ..., "optimizer": ..., "scheduler": ...,
+  "current_epoch": ..., "val_best": ...}`` (or a bare state dict), keys possibly prefixed ``module.``;
+  ``encoder.uniformer.*`` (UniFormer-S), ``decoder.*`` and ``rep_template`` (the distilled templates,
+  ``(8, 240, 240, 155)`` in the order :data:`~brainmvp_components.modalities.OFFICIAL_TEMPLATE_ORDER`);
+- ``encoder.pt``: a plain state dict of :class:`~brainmvp_components.networks.uniformer.UniFormer3D`, the
+  format the downstream bundles load;
+- ``model.pt``: a plain state dict of :class:`~brainmvp_components.networks.pretrain.BrainMVPPretrainModel`
+  (what the pre-training bundle writes).
+
+All files are read with ``torch.load(..., weights_only=True)``: no code in a checkpoint is executed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from brainmvp_components.atlas import BRATS_ATLAS_AFFINE, BRATS_ATLAS_SHAPE
+from brainmvp_components.modalities import CANONICAL_MODALITIES, OFFICIAL_TEMPLATE_ORDER
+from brainmvp_components.networks.pretrain import BrainMVPPretrainModel, PretrainDecoder
+from brainmvp_components.networks.uniformer import UniFormer3D
+
+__all__ = [
+    "CheckpointFormatError",
+    "OFFICIAL_UNUSED_KEYS",
+    "read_state_dict",
+    "official_to_model_state_dict",
+    "load_official_checkpoint",
+    "convert_official_checkpoint",
+    "load_pretrained_encoder",
+    "template_grid_affine",
+]
+
+logger = logging.getLogger(__name__)
+
+OFFICIAL_ENCODER_PREFIX = "encoder.uniformer."
+OFFICIAL_TEMPLATE_KEY = "rep_template"
+OFFICIAL_UNUSED_KEYS = re.compile(r"^decoder\.(decoder[2-5]\.conv_block\.|proj1\.)")
+"""Keys of the authors' pre-training state dict that their pre-training forward never uses (the
+``UnetrUpBlock`` convolution blocks and the input projection of a skip decoder that is not run). They carry
+initial values only; :func:`load_official_checkpoint` skips them."""
+
+_CONTAINER_KEYS = ("state_dict", "model", "network", "net")
+_ENCODER_STEM = "patch_embed1.proj."
+_DECODER_STEM = "decoder.proj1.proj."
+_HEAD_PREFIXES = ("decoder.out.", "ms_out.")
+
+
+class CheckpointFormatError(ValueError):
+    """A weights file is unreadable, or is not in the format the caller asked for; the message names the file."""
+
+
+def _atomic_torch_save(obj, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def _strip_module(key: str) -> str:
+    while key.startswith("module."):
+        key = key[len("module.") :]
+    return key
+
+
+def read_state_dict(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """Read a state dict from ``path``: a bare state dict, or a training checkpoint holding one under
+    ``state_dict`` / ``model`` / ``network`` / ``net``. ``module.`` prefixes (DDP) are removed.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        CheckpointFormatError: the file cannot be read with ``weights_only=True`` or holds no state dict.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file not found: {path}")
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # unpickling errors come in many types
+        raise CheckpointFormatError(f"{path}: cannot be read as a PyTorch weights file (weights_only): {err}") from err
+    if isinstance(obj, Mapping):
+        for name in _CONTAINER_KEYS:
+            if isinstance(obj.get(name), Mapping):
+                obj = obj[name]
+                break
+    if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointFormatError(
+            f"{path}: holds no state dict (expected a mapping of names to tensors, "
+            f"optionally under one of {list(_CONTAINER_KEYS)})"
+        )
+    return {_strip_module(str(k)): v for k, v in obj.items()}
+
+
+def template_grid_affine(shape: Sequence[int]) -> np.ndarray:
+    """Affine of a template grid of ``shape`` covering the BraTS atlas field of view.
+
+    ``BRATS_ATLAS_AFFINE`` itself for 240 x 240 x 155; otherwise the atlas box resampled to ``shape``
+    (spacing ``atlas_side / side`` mm per axis, the same outer edges). Used for templates whose grid the
+    checkpoint does not record.
+    """
+    shape = tuple(int(s) for s in shape)
+    if shape == tuple(BRATS_ATLAS_SHAPE):
+        return BRATS_ATLAS_AFFINE.copy()
+    scale = np.array(BRATS_ATLAS_SHAPE, dtype=float) / np.array(shape, dtype=float)
+    voxel_to_atlas_voxel = np.eye(4)
+    voxel_to_atlas_voxel[:3, :3] = np.diag(scale)
+    voxel_to_atlas_voxel[:3, 3] = (scale - 1.0) / 2.0
+    return BRATS_ATLAS_AFFINE @ voxel_to_atlas_voxel
+
+
+def _infer_uniformer_config(encoder_state: Mapping[str, torch.Tensor], source: str) -> dict:
+    try:
+        dims = [int(encoder_state[f"patch_embed{i}.proj.weight"].shape[0]) for i in range(1, 5)]
+        in_channels = int(encoder_state["patch_embed1.proj.weight"].shape[1])
+        depths = []
+        for stage in range(1, 5):
+            indices = {int(k.split(".")[1]) for k in encoder_state if k.startswith(f"blocks{stage}.")}
+            if not indices:
+                raise KeyError(f"blocks{stage}.*")
+            depths.append(max(indices) + 1)
+        mlp_ratio = encoder_state["blocks1.0.mlp.fc1.weight"].shape[0] / dims[0]
+    except KeyError as err:
+        raise CheckpointFormatError(f"{source}: incomplete UniFormer encoder weights, no {err}") from err
+    return {
+        "in_channels": in_channels,
+        "dims": tuple(dims),
+        "depths": tuple(depths),
+        "mlp_ratio": float(mlp_ratio),
+        "qkv_bias": "blocks3.0.attn.qkv.bias" in encoder_state,
+    }
+
+
+def _official_template_modalities(count: int, source: str) -> tuple[tuple[str, ...], list[int]]:
+    """Canonical-order modality names of ``count`` official templates and, per name, its official row."""
+    if not 1 <= count <= len(OFFICIAL_TEMPLATE_ORDER):
+        raise CheckpointFormatError(
+            f"{source}: rep_template holds {count} templates; the authors' order has {len(OFFICIAL_TEMPLATE_ORDER)}"
+        )
+    present = OFFICIAL_TEMPLATE_ORDER[:count]
+    modalities = tuple(m for m in CANONICAL_MODALITIES if m in present)
+    return modalities, [present.index(m) for m in modalities]
+
+
+def official_to_model_state_dict(
+    state: Mapping[str, torch.Tensor], source: str = "checkpoint"
+) -> tuple[dict[str, torch.Tensor], tuple[str, ...], list[str]]:
+    """Map the authors' pre-training state dict onto :class:`BrainMVPPretrainModel` key names.
+
+    ``encoder.uniformer.X -> encoder.X``; ``decoder.decoderN.transp_conv.*`` and ``decoder.out_1.*`` keep
+    their names; ``rep_template`` becomes ``templates.weight`` with its rows reordered from the authors'
+    order to canonical order. Keys matching :data:`OFFICIAL_UNUSED_KEYS` are skipped.
+
+    Returns:
+        ``(mapped state dict, template modalities in canonical order, skipped keys)``.
+
+    Raises:
+        CheckpointFormatError: not a BrainMVP UniFormer pre-training state dict, or it has unknown keys.
+    """
+    if OFFICIAL_TEMPLATE_KEY not in state or f"{OFFICIAL_ENCODER_PREFIX}patch_embed1.proj.weight" not in state:
+        sample = ", ".join(list(state)[:5])
+        raise CheckpointFormatError(
+            f"{source}: not a BrainMVP UniFormer pre-training checkpoint (no '{OFFICIAL_TEMPLATE_KEY}' and "
+            f"'{OFFICIAL_ENCODER_PREFIX}*' keys; first keys: {sample}). The authors' BrainMVP_unet.pt is not supported."
+        )
+    template = state[OFFICIAL_TEMPLATE_KEY]
+    if template.ndim != 4:
+        raise CheckpointFormatError(f"{source}: rep_template should be (M, H, W, D), got {tuple(template.shape)}")
+    modalities, rows = _official_template_modalities(int(template.shape[0]), source)
+    mapped: dict[str, torch.Tensor] = {"templates.weight": template[rows].clone()}
+    skipped, unknown = [], []
+    for key, value in state.items():
+        if key == OFFICIAL_TEMPLATE_KEY:
+            continue
+        if key.startswith(OFFICIAL_ENCODER_PREFIX):
+            mapped["encoder." + key[len(OFFICIAL_ENCODER_PREFIX) :]] = value
+        elif re.match(r"^decoder\.(decoder[2-5]\.transp_conv\.|out_1\.)", key):
+            mapped[key] = value
+        elif OFFICIAL_UNUSED_KEYS.match(key):
+            skipped.append(key)
+        else:
+            unknown.append(key)
+    if unknown:
+        raise CheckpointFormatError(f"{source}: unexpected keys for a BrainMVP pre-training checkpoint: {unknown}")
+    return mapped, modalities, skipped
+
+
+def load_official_checkpoint(
+    path: str | os.PathLike, map_location: str | torch.device = "cpu", head_dim: int = 64
+) -> BrainMVPPretrainModel:
+    """Build a :class:`BrainMVPPretrainModel` holding the authors' published pre-training weights.
+
+    The encoder's size (input channels, stage widths, depths, MLP ratio) and the templates' number and
+    grid are read from the file; templates are reordered to canonical order (their ``modalities`` attribute
+    names each row) and placed on the BraTS atlas grid (see :func:`template_grid_affine` for other grids).
+    Every parameter and buffer of the model is loaded except the templates' affine; the file's
+    :data:`OFFICIAL_UNUSED_KEYS` are skipped (logged at debug level). The model is returned in training
+    mode, like any freshly built module; call ``.eval()`` for inference.
+
+    Args:
+        path: the authors' checkpoint (``BrainMVP_uniformer.pt``), either wrapped as released or a bare state dict.
+        map_location: passed to ``torch.load``.
+        head_dim: channels per attention head (not recorded in the weights; the authors use 64).
+
+    Raises:
+        FileNotFoundError: no such file.
+        CheckpointFormatError: not a BrainMVP UniFormer pre-training checkpoint, or keys/shapes do not fit.
+    """
+    from brainmvp_components.templates import ModalityTemplates
+
+    source = str(path)
+    state = read_state_dict(path, map_location)
+    mapped, modalities, skipped = official_to_model_state_dict(state, source)
+    encoder_state = {k[len("encoder.") :]: v for k, v in mapped.items() if k.startswith("encoder.")}
+    config = _infer_uniformer_config(encoder_state, source)
+    try:
+        encoder = UniFormer3D(head_dim=head_dim, **config)
+    except ValueError as err:
+        message = f"{source}: cannot build its encoder ({config}, head_dim={head_dim}): {err}"
+        raise CheckpointFormatError(message) from err
+    out_weight = mapped.get("decoder.out_1.conv.conv.weight")
+    decoder = PretrainDecoder(encoder.out_channels, out_channels=1 if out_weight is None else int(out_weight.shape[0]))
+    shape = tuple(int(s) for s in mapped["templates.weight"].shape[1:])
+    templates = ModalityTemplates(modalities=modalities, spatial_shape=shape, affine=template_grid_affine(shape))
+    model = BrainMVPPretrainModel(encoder, decoder, templates)
+
+    expected = model.state_dict()
+    mismatched = [
+        f"{k}: file {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
+        for k, v in mapped.items()
+        if k in expected and tuple(v.shape) != tuple(expected[k].shape)
+    ]
+    unexpected = sorted(k for k in mapped if k not in expected)
+    missing = sorted(k for k in expected if k not in mapped and not k.startswith("templates."))
+    if mismatched or unexpected or missing:
+        raise CheckpointFormatError(
+            f"{source}: does not fit BrainMVPPretrainModel; shape mismatches: {mismatched}; "
+            f"unexpected keys: {unexpected}; missing keys: {missing}"
+        )
+    model.load_state_dict({**expected, **mapped}, strict=True)
+    logger.info(
+        "loaded BrainMVP checkpoint %s: encoder %s, templates %s %s; skipped %d unused keys",
+        source,
+        config,
+        modalities,
+        shape,
+        len(skipped),
+    )
+    logger.debug("skipped keys (unused in pre-training): %s", skipped)
+    return model
+
+
+def convert_official_checkpoint(
+    path: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    map_location: str | torch.device = "cpu",
+    head_dim: int = 64,
+) -> dict[str, Path]:
+    """Convert the authors' checkpoint into this project's files.
+
+    Writes, each atomically, into ``out_dir``:
+
+    - ``encoder.pt``: plain state dict of :class:`UniFormer3D` (what downstream bundles load with
+      :func:`load_pretrained_encoder`);
+    - ``model.pt``: plain state dict of :class:`BrainMVPPretrainModel` (for continued pre-training);
+    - ``templates/template_<modality>.nii.gz``: one NIfTI per distilled template, on the atlas grid.
+
+    Returns:
+        ``{"encoder": path, "model": path, "template_<modality>": path, ...}``.
+    """
+    model = load_official_checkpoint(path, map_location=map_location, head_dim=head_dim)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = {
+        "encoder": _atomic_torch_save(model.encoder.state_dict(), out / "encoder.pt"),
+        "model": _atomic_torch_save(model.state_dict(), out / "model.pt"),
+    }
+    template_paths = model.templates.export_nifti(out / "templates")
+    for modality, template_path in zip(model.templates.modalities, template_paths):
+        written[f"template_{modality}"] = Path(template_path)
+    logger.info("converted %s into %s", path, out)
+    return written
+
+
+def _split_source(state: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], str]:
+    """Encoder weights (UniFormer3D key names), the other weights (as named in the file) and the format name."""
+    for prefix, file_format in (
+        (OFFICIAL_ENCODER_PREFIX, "official pre-training checkpoint"),
+        ("encoder.", "network state dict with an encoder"),
+    ):
+        if any(k.startswith(prefix) for k in state):
+            encoder = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+            rest = {k: v for k, v in state.items() if not k.startswith(prefix)}
+            return encoder, rest, file_format
+    return dict(state), {}, "encoder state dict"
+
+
+def load_pretrained_encoder(
+    network: nn.Module,
+    path: str | os.PathLike,
+    strict_stem: bool = False,
+    include_decoder: bool = False,
+    map_location: str | torch.device = "cpu",
+) -> dict[str, list[str]]:
+    """Load pre-trained encoder weights into ``network.encoder`` (or into ``network`` if it has no ``encoder``).
+
+    Accepted files: an ``encoder.pt`` (plain :class:`UniFormer3D` state dict), a pre-training ``model.pt``,
+    the authors' pre-training checkpoint, or any state dict with ``encoder.*`` keys (the authors' fine-tuned
+    UniUNet, a UniUNet or classifier of this project).
+
+    The input stem adapts to the channel count: when ``patch_embed1.proj.weight`` differs in shape (a
+    single-channel pre-trained stem, a four-modality network), ``patch_embed1.proj.*`` is left as initialised
+    in ``network`` (as the authors do) unless ``strict_stem``. Any other shape mismatch is an error.
+
+    With ``include_decoder=True``, the file's non-encoder weights whose names exist in ``network`` are loaded
+    too, as the authors' fine-tuning does (the pre-trained ``decoderN.transp_conv`` weights fit UniUNet);
+    there ``decoder.proj1.proj.*`` is the stem of the skip path and the output heads (``decoder.out.*``,
+    ``ms_out.*``) may differ in class count: on a shape mismatch they are left as initialised.
+
+    Args:
+        network: a network with an ``encoder`` attribute (UniUNet, classifier, pre-training model) or an encoder.
+        path: the weights file.
+        strict_stem: raise instead of re-initialising a stem whose channel count differs.
+        include_decoder: also load matching non-encoder weights (see above).
+        map_location: passed to ``torch.load``.
+
+    Returns:
+        ``{"loaded": [...], "reinitialised": [...], "missing": [...], "unused": [...]}``, key names as in
+        ``network.state_dict()`` (``unused``: the file's keys that found no place). The lists are logged.
+
+    Raises:
+        CheckpointFormatError: no encoder weight of the file fits the network.
+        ValueError: a shape mismatch outside the stem (and heads); the message names the key and both shapes.
+    """
+    source = str(path)
+    state = read_state_dict(path, map_location)
+    encoder_state, rest, file_format = _split_source(state)
+    target = network.encoder if isinstance(getattr(network, "encoder", None), nn.Module) else network
+    prefix = "encoder." if target is not network else ""
+    expected = network.state_dict()
+
+    candidates = {prefix + k: v for k, v in encoder_state.items()}
+    scope = [k for k in expected if k.startswith(prefix)]
+    if include_decoder:
+        candidates.update(rest)
+        scope = list(expected)
+
+    reinit_groups = []
+    for group in (prefix + _ENCODER_STEM, _DECODER_STEM):
+        weight = group + "weight"
+        if weight in candidates and weight in expected and candidates[weight].shape != expected[weight].shape:
+            if strict_stem:
+                raise ValueError(
+                    f"{source}: input stem {weight} has shape {tuple(candidates[weight].shape)} in the file but "
+                    f"{tuple(expected[weight].shape)} in the network (strict_stem=True)"
+                )
+            reinit_groups.append(group)
+
+    loaded: dict[str, torch.Tensor] = {}
+    reinitialised, unused = [], []
+    for key, value in candidates.items():
+        if key not in expected:
+            unused.append(key)
+        elif any(key.startswith(group) for group in reinit_groups):
+            reinitialised.append(key)
+        elif value.shape != expected[key].shape:
+            if include_decoder and key.startswith(_HEAD_PREFIXES):
+                reinitialised.append(key)
+                continue
+            raise ValueError(
+                f"{source}: shape mismatch for {key}: file {tuple(value.shape)} vs network {tuple(expected[key].shape)}"
+            )
+        else:
+            loaded[key] = value
+    if not any(k.startswith(prefix) for k in loaded):
+        raise CheckpointFormatError(
+            f"{source}: no encoder weight of this {file_format} fits {type(target).__name__} "
+            f"(file keys like {list(encoder_state)[:3]}, network keys like {scope[:3]})"
+        )
+    network.load_state_dict(loaded, strict=False)
+    missing = [k for k in scope if k not in loaded and k not in reinitialised]
+    summary = {"loaded": list(loaded), "reinitialised": reinitialised, "missing": missing, "unused": unused}
+    logger.info(
+        "%s (%s): loaded %d tensors into %s; re-initialised %s; missing %s; unused %d",
+        source,
+        file_format,
+        len(loaded),
+        type(network).__name__,
+        reinitialised,
+        missing,
+        len(unused),
+    )
+    logger.debug("unused keys of %s: %s", source, unused)
+    return summary

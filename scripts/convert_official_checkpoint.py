@@ -1,0 +1,38 @@
+"""Convert the authors' BrainMVP checkpoint into this project's weight files.
+
+Usage::
+
+    python scripts/convert_official_checkpoint.py --in BrainMVP_uniformer.pt --out models/brainmvp_uniformer
+
+writes ``encoder.pt`` (UniFormer-S state dict for the downstream bundles), ``model.pt`` (the pre-training
+model's state dict) and ``templates/template_<modality>.nii.gz`` (the distilled modality templates).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from brainmvp_components.weights import CheckpointFormatError, convert_official_checkpoint
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--in", dest="checkpoint", required=True, help="the authors' BrainMVP_uniformer.pt")
+    parser.add_argument("--out", dest="out_dir", required=True, help="output folder")
+    parser.add_argument("--head-dim", type=int, default=64, help="attention head width (64 for the release)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    try:
+        written = convert_official_checkpoint(args.checkpoint, args.out_dir, head_dim=args.head_dim)
+    except (FileNotFoundError, CheckpointFormatError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    for name, path in written.items():
+        print(f"{name}: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
