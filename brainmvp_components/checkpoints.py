@@ -1,0 +1,256 @@
+"""Resumable training checkpoints, shared by the brainmvp bundles.
+
+A run that is killed (pre-emption, a wall-clock limit, Ctrl-C) and started again with the same command resumes
+after its last completed epoch instead of starting over. :class:`ResumableCheckpoint` is one ignite handler that
+
+- when the engine starts, finds the newest ``checkpoint_epoch=N.pt`` under ``save_dir`` (:func:`latest_checkpoint`)
+  and loads it into the network, optimizer, lr scheduler, the trainer's state (epoch and iteration, so ignite
+  continues with epoch ``N + 1``) and the trainer's AMP gradient scaler when it has one;
+- every ``save_interval`` epochs writes the same objects atomically (a temporary file renamed into place, so a
+  kill mid-write never leaves a truncated checkpoint) and keeps only the newest ``n_saved`` files.
+
+The trainer and its scaler are taken from the engine the handler is attached to, so a bundle config names only
+the objects it builds. ``DistributedDataParallel``/``DataParallel`` wrappers are unwrapped (the files hold plain
+module state dicts, loadable with or without DDP); under ``torch.distributed`` every rank loads, rank 0 writes.
+
+Config pattern (one entry, first in ``train#handlers``; ``"resume": false`` or ``--resume false`` starts over)::
+
+    "checkpoint_dir": "$@bundle_root + '/models/checkpoints'",
+    "train#handlers": [
+        {
+            "_target_": "brainmvp_components.checkpoints.ResumableCheckpoint",
+            "save_dir": "@checkpoint_dir",
+            "save_dict": {"network": "@network", "optimizer": "@optimizer", "lr_scheduler": "@lr_scheduler"},
+            "resume": "@resume"
+        },
+        ...
+    ]
+
+Checkpoints are epoch-granular: a run killed in the middle of epoch ``N + 1`` repeats that epoch.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from ignite.engine import Engine, Events
+from ignite.handlers import Checkpoint
+from torch import nn
+
+__all__ = [
+    "CHECKPOINT_PREFIX",
+    "ResumableCheckpoint",
+    "atomic_torch_save",
+    "checkpoint_path",
+    "is_rank_zero",
+    "latest_checkpoint",
+    "list_checkpoints",
+    "unwrap_module",
+]
+
+CHECKPOINT_PREFIX = "checkpoint"
+_TMP_SUFFIX = ".tmp"
+
+
+def is_rank_zero() -> bool:
+    """Whether this process is rank 0 (always true outside ``torch.distributed``)."""
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+def unwrap_module(obj: Any) -> Any:
+    """The module inside a ``DistributedDataParallel``/``DataParallel`` wrapper; anything else unchanged."""
+    if isinstance(obj, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+        return obj.module
+    return obj
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save(obj, path)`` through a temporary file in the same folder and an atomic rename.
+
+    Readers see either the previous file or the complete new one, never a partial write.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=_TMP_SUFFIX)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600 files; checkpoints are shared like any other output
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def checkpoint_path(directory: str | os.PathLike, epoch: int, prefix: str = CHECKPOINT_PREFIX) -> Path:
+    """``directory/<prefix>_epoch=<epoch>.pt``, the file :class:`ResumableCheckpoint` writes after ``epoch``."""
+    return Path(directory) / f"{prefix}_epoch={int(epoch)}.pt"
+
+
+def list_checkpoints(directory: str | os.PathLike, prefix: str = CHECKPOINT_PREFIX) -> list[tuple[int, Path]]:
+    """``(epoch, path)`` of every checkpoint in ``directory``, oldest first; ``[]`` when there is none."""
+    folder = Path(directory)
+    if not folder.is_dir():
+        return []
+    pattern = re.compile(rf"^{re.escape(prefix)}_epoch=(\d+)\.pt$")
+    found = []
+    for path in folder.iterdir():
+        match = pattern.match(path.name)
+        if match and path.is_file():
+            found.append((int(match.group(1)), path))
+    return sorted(found)
+
+
+def latest_checkpoint(directory: str | os.PathLike, prefix: str = CHECKPOINT_PREFIX) -> str | None:
+    """Path of the newest (highest-epoch) checkpoint in ``directory``, or ``None`` when there is none."""
+    found = list_checkpoints(directory, prefix)
+    return str(found[-1][1]) if found else None
+
+
+class ResumableCheckpoint:
+    """Save resumable checkpoints every few epochs and resume from the newest one when the engine starts.
+
+    Args:
+        save_dir: folder of the checkpoints (created when needed).
+        save_dict: the objects to save and restore besides the trainer, e.g.
+            ``{"network": net, "optimizer": opt, "lr_scheduler": sched}``; each needs ``state_dict`` and
+            ``load_state_dict``. The keys ``"trainer"`` and ``"scaler"`` are reserved (added from the engine).
+        save_interval: write a checkpoint every this many epochs.
+        n_saved: how many of the newest checkpoints to keep (``None``: keep all).
+        resume: load the newest checkpoint of ``save_dir`` when the engine starts. ``False`` starts over and
+            deletes the checkpoints an earlier run left in ``save_dir`` (they would otherwise be resumed later).
+        map_location: ``torch.load`` location for the tensors; ``"cpu"`` (default) avoids a GPU memory spike, the
+            state dicts are copied onto the objects' devices when loaded.
+        strict: strict key matching for modules.
+        file_prefix: checkpoint file names are ``<file_prefix>_epoch=<N>.pt``.
+        name: logger name; default the engine's logger.
+
+    Raises:
+        ValueError: on resumption, when the newest checkpoint lies beyond the configured number of epochs.
+    """
+
+    def __init__(
+        self,
+        save_dir: str | os.PathLike,
+        save_dict: Mapping[str, Any],
+        save_interval: int = 1,
+        n_saved: int | None = 2,
+        resume: bool = True,
+        map_location: Any = "cpu",
+        strict: bool = True,
+        file_prefix: str = CHECKPOINT_PREFIX,
+        name: str | None = None,
+    ) -> None:
+        if not save_dict:
+            raise ValueError("save_dict must name at least one object to checkpoint")
+        reserved = {"trainer", "scaler"} & set(save_dict)
+        if reserved:
+            raise ValueError(f"save_dict keys {sorted(reserved)} are reserved: the trainer and its scaler are added")
+        if int(save_interval) < 1:
+            raise ValueError(f"save_interval must be a positive number of epochs, got {save_interval}")
+        if n_saved is not None and int(n_saved) < 1:
+            raise ValueError(f"n_saved must be positive or None, got {n_saved}")
+        self.save_dir = Path(save_dir)
+        self.save_dict = dict(save_dict)
+        self.save_interval = int(save_interval)
+        self.n_saved = None if n_saved is None else int(n_saved)
+        self.resume = bool(resume)
+        self.map_location = map_location
+        self.strict = strict
+        self.file_prefix = file_prefix
+        self._name = name
+        self.logger = logging.getLogger(name)
+
+    def attach(self, engine: Engine) -> None:
+        if self._name is None:
+            self.logger = engine.logger
+        engine.add_event_handler(Events.STARTED, self.started)
+
+    def _objects(self, engine: Engine) -> dict[str, Any]:
+        objects = {key: unwrap_module(obj) for key, obj in self.save_dict.items()}
+        objects["trainer"] = engine
+        scaler = getattr(engine, "scaler", None)
+        if scaler is not None:
+            objects["scaler"] = scaler
+        return objects
+
+    def started(self, engine: Engine) -> None:
+        """Resume from the newest checkpoint, then schedule saving after every other epoch-end handler."""
+        if is_rank_zero():
+            # a save killed mid-write leaves only its temporary file behind
+            for stale in self.save_dir.glob(f".{self.file_prefix}_epoch=*{_TMP_SUFFIX}"):
+                stale.unlink(missing_ok=True)
+        if self.resume:
+            path = latest_checkpoint(self.save_dir, self.file_prefix)
+            if path is None:
+                self.logger.info(f"no checkpoint in {self.save_dir}: training starts at epoch 1")
+            else:
+                self.load(engine, path)
+        elif is_rank_zero():
+            for _, old in list_checkpoints(self.save_dir, self.file_prefix):
+                self.logger.warning(f"resume is off: removing {old} of an earlier run")
+                old.unlink(missing_ok=True)
+        # registered now rather than in attach() so it runs after the handlers attached with the engine (the lr
+        # scheduler's epoch step included): a checkpoint then holds the state the next epoch starts from
+        if not engine.has_event_handler(self.epoch_completed, Events.EPOCH_COMPLETED):
+            engine.add_event_handler(Events.EPOCH_COMPLETED, self.epoch_completed)
+
+    def load(self, engine: Engine, path: str | os.PathLike) -> None:
+        """Load checkpoint ``path`` into the objects and the engine's state (its ``max_epochs`` is kept)."""
+        checkpoint = torch.load(path, map_location=self.map_location, weights_only=True)
+        objects = self._objects(engine)
+        if "scaler" in objects and "scaler" not in checkpoint:
+            self.logger.warning(f"{path} holds no AMP gradient scaler state; the scaler starts afresh")
+            objects.pop("scaler")
+        missing = sorted(set(objects) - set(checkpoint))
+        if missing:
+            raise ValueError(
+                f"checkpoint {path} has no entries {missing} (it holds {sorted(checkpoint)}); it was written by "
+                "another configuration. Move it away or pass --resume false to start over."
+            )
+        max_epochs, epoch_length = engine.state.max_epochs, engine.state.epoch_length
+        Checkpoint.load_objects(to_load=objects, checkpoint=checkpoint, strict=self.strict)
+        engine.state.max_epochs = max_epochs
+        if epoch_length is not None and engine.state.epoch_length != epoch_length:
+            self.logger.warning(
+                f"{path} was written with {engine.state.epoch_length} iterations per epoch, this run has "
+                f"{epoch_length} (the data changed); epochs continue with {epoch_length}"
+            )
+            engine.state.epoch_length = epoch_length
+            engine.state.iteration = engine.state.epoch * epoch_length
+        if max_epochs is not None and engine.state.epoch > max_epochs:
+            raise ValueError(
+                f"checkpoint {path} was written after epoch {engine.state.epoch}, beyond this run's {max_epochs} "
+                "epochs: raise the number of epochs to continue, or pass --resume false to start over"
+            )
+        self.logger.info(
+            f"resumed from {path}: epoch {engine.state.epoch} of {max_epochs} done "
+            f"(iteration {engine.state.iteration}), training continues with epoch {engine.state.epoch + 1}"
+        )
+
+    def epoch_completed(self, engine: Engine) -> None:
+        if engine.state.epoch % self.save_interval == 0:
+            self.save(engine)
+
+    def save(self, engine: Engine) -> Path | None:
+        """Write the checkpoint of the current epoch (rank 0 only) and prune the older ones."""
+        if not is_rank_zero():
+            return None
+        state = {key: obj.state_dict() for key, obj in self._objects(engine).items()}
+        path = atomic_torch_save(state, checkpoint_path(self.save_dir, engine.state.epoch, self.file_prefix))
+        self.logger.info(f"saved checkpoint {path}")
+        if self.n_saved is not None:
+            for _, old in list_checkpoints(self.save_dir, self.file_prefix)[: -self.n_saved]:
+                old.unlink(missing_ok=True)
+        return path

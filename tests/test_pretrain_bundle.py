@@ -1,0 +1,117 @@
+"""End-to-end runs of the brainmvp_pretrain bundle (quick config, CPU): outputs, MLflow, torchrun, kill and resume.
+
+Every run writes under ``tmp_path`` (``--bundle_root``); the data is the session's ``pretrain_cohort``.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.slow
+
+CONFIGS = ["train.json", "quick.json"]
+
+
+def _command(python_executable, repo_root, bundle_root, cohort, *extra, configs=CONFIGS, launcher=None):
+    config_dir = repo_root / "bundles" / "brainmvp_pretrain" / "configs"
+    files = "[" + ",".join(f"'{config_dir / name}'" for name in configs) + "]"
+    prefix = launcher or [python_executable]
+    return [
+        *prefix, "-m", "monai.bundle", "run", "--config_file", files,
+        "--bundle_root", str(bundle_root), "--dataset_dir", str(cohort), *extra,
+    ]  # fmt: skip
+
+
+def _run(command, env, cwd, log: Path, timeout=300) -> str:
+    with open(log, "w") as out:
+        result = subprocess.run(command, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, timeout=timeout)
+    text = log.read_text()
+    assert result.returncode == 0, text[-4000:]
+    return text
+
+
+def test_quick_run_exports_models_templates_and_tracking(
+    tmp_path, pretrain_cohort, repo_root, python_executable, subprocess_env
+):
+    from brainmvp_components.atlas import atlas_grid
+    from brainmvp_components.networks.pretrain import brainmvp_pretrain_model
+
+    root = tmp_path / "bundle"
+    command = _command(python_executable, repo_root, root, pretrain_cohort, "--tracking", "mlflow")
+    _run(command, subprocess_env, tmp_path, tmp_path / "run.log")
+
+    models = root / "models"
+    shape, affine = atlas_grid(2.0)
+    model = brainmvp_pretrain_model("tiny", template_shape=shape, template_affine=affine)
+    model.load_state_dict(torch.load(models / "model.pt", weights_only=True))  # a plain, complete state dict
+    encoder_state = torch.load(models / "encoder.pt", weights_only=True)
+    assert set(encoder_state) == set(model.encoder.state_dict())
+    torch.testing.assert_close(encoder_state, model.encoder.state_dict())
+    templates = sorted(p.name for p in (models / "templates").glob("template_*.nii.gz"))
+    assert templates == sorted(f"template_{m}.nii.gz" for m in model.templates.modalities)
+    assert (models / "templates" / "templates.png").stat().st_size > 0
+    assert (models / "checkpoints" / "checkpoint_epoch=2.pt").is_file()
+
+    output = root / "eval"
+    assert list(output.glob("events.out.tfevents.*"))
+    assert {p.name for p in (output / "previews").glob("*.png")} == {
+        f"epoch_000{e}_{kind}.png" for e in (1, 2) for kind in ("reconstruction", "templates")
+    }
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{output / 'mlruns.db'}")
+    runs = [r for e in client.search_experiments() for r in client.search_runs(e.experiment_id)]
+    assert len(runs) == 1
+    assert {"train_loss", "train_loss_md", "train_loss_cmr", "train_loss_cl"} <= set(runs[0].data.metrics)
+    artifacts = {a.path for a in client.list_artifacts(runs[0].info.run_id, "previews")}
+    assert "previews/epoch_0002_reconstruction.png" in artifacts
+
+
+def test_killed_run_resumes_after_last_checkpoint(
+    tmp_path, pretrain_cohort, repo_root, python_executable, subprocess_env
+):
+    root = tmp_path / "bundle"
+    checkpoints = root / "models" / "checkpoints"
+    first = _command(python_executable, repo_root, root, pretrain_cohort, "--epochs", "5", "--batch_size", "3")
+    with open(tmp_path / "first.log", "w") as out:
+        process = subprocess.Popen(first, env=subprocess_env, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 240
+            while not (checkpoints / "checkpoint_epoch=1.pt").is_file():
+                assert process.poll() is None, (tmp_path / "first.log").read_text()[-4000:]
+                assert time.monotonic() < deadline, "no checkpoint after 240 s"
+                time.sleep(0.1)
+            process.send_signal(signal.SIGKILL)  # no chance to clean up: the worst case
+        finally:
+            process.wait(timeout=60)
+    assert not (root / "models" / "model.pt").exists()
+    done = max(int(p.stem.split("=")[1]) for p in checkpoints.glob("checkpoint_epoch=*.pt"))
+    assert done in (1, 2)
+
+    second = _command(python_executable, repo_root, root, pretrain_cohort, "--epochs", "3", "--batch_size", "3")
+    log = _run(second, subprocess_env, tmp_path, tmp_path / "second.log")
+    assert f"resumed from {checkpoints / f'checkpoint_epoch={done}.pt'}" in log
+    assert "Epoch: 1/3" not in log and f"Epoch: {done + 1}/3" in log
+    state = torch.load(checkpoints / "checkpoint_epoch=3.pt", weights_only=True)
+    assert state["trainer"]["iteration"] == 3 * state["trainer"]["epoch_length"]
+    assert (root / "models" / "encoder.pt").is_file()
+
+
+def test_torchrun_two_processes_gloo(tmp_path, pretrain_cohort, repo_root, python_executable, subprocess_env):
+    root = tmp_path / "bundle"
+    launcher = [python_executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    configs = [*CONFIGS, "multi_gpu_train.json"]
+    command = _command(
+        python_executable, repo_root, root, pretrain_cohort, "--epochs", "1", configs=configs, launcher=launcher
+    )
+    log = _run(command, subprocess_env, tmp_path, tmp_path / "torchrun.log")
+    assert (root / "models" / "encoder.pt").is_file()
+    assert (root / "models" / "checkpoints" / "checkpoint_epoch=1.pt").is_file()
+    assert log.count("exported 8 modality templates") == 1  # rank 0 only
+    assert log.count("Epoch[1] Metrics") == 1
