@@ -19,7 +19,7 @@ import math
 import os
 import tempfile
 import zlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -418,12 +418,18 @@ def _check_fraction(name: str, value: float) -> None:
 
 
 def split_cases(
-    case_ids: Sequence[str], val_fraction: float = 0.2, test_fraction: float = 0.0, seed: int = 0
+    case_ids: Sequence[str],
+    val_fraction: float = 0.2,
+    test_fraction: float = 0.0,
+    seed: int = 0,
+    strata: Mapping[str, object] | None = None,
 ) -> dict[str, list[str]]:
     """Split case ids into ``training``/``validation``/``test`` by one seeded shuffle.
 
     Split sizes are ``round(n * fraction)``, at least one case when the fraction is positive; each split is
-    returned sorted. The same ids and seed give the same splits whatever the input order.
+    returned sorted. The same ids and seed give the same splits whatever the input order. With ``strata``
+    (case id -> class label) the shuffle is stratified: every class is spread over the splits in proportion
+    to its size, so a small validation split of a classification cohort still holds every class.
 
     Raises:
         ValueError: a fraction outside [0, 1), duplicated ids, or no case left for training.
@@ -444,7 +450,10 @@ def split_cases(
             f"{n} case(s) cannot be split with val_fraction={val_fraction} and test_fraction={test_fraction}: "
             "no case would be left for training"
         )
-    order = [ids[i] for i in np.random.default_rng(seed).permutation(n)]
+    rng = np.random.default_rng(seed)
+    order = [ids[i] for i in rng.permutation(n)]
+    if strata is not None:
+        order = _stratified_order(order, strata, rng)
     return {
         "training": sorted(order[n_val + n_test :]),
         "validation": sorted(order[:n_val]),
@@ -452,25 +461,44 @@ def split_cases(
     }
 
 
+def _stratified_order(order: list[str], strata: Mapping[str, object], rng: np.random.Generator) -> list[str]:
+    """Interleave classes so that any prefix of the result holds each class in proportion to its size."""
+    groups: dict[object, list[str]] = {}
+    for case in order:
+        groups.setdefault(strata[case], []).append(case)
+    keyed = []
+    for members in groups.values():
+        offset = rng.random()
+        keyed += [((rank + offset) / len(members), case) for rank, case in enumerate(members)]
+    return [case for _, case in sorted(keyed)]
+
+
 def _fraction_key(fraction: float) -> str:
     return f"{float(fraction):g}"
 
 
 def nested_label_fractions(
-    training_ids: Sequence[str], fractions: Sequence[float] = DEFAULT_LABEL_FRACTIONS, seed: int = 0
+    training_ids: Sequence[str],
+    fractions: Sequence[float] = DEFAULT_LABEL_FRACTIONS,
+    seed: int = 0,
+    strata: Mapping[str, object] | None = None,
 ) -> dict[str, list[str]]:
     """Nested subsets of the training cases for label-efficiency experiments.
 
     Subset ``f`` holds the first ``round(f * n)`` cases (at least one) of one seeded permutation of the
     training ids, so each smaller subset is contained in every larger one. Keys are the fractions written
-    with ``%g`` (``"0.2"``); each subset is sorted.
+    with ``%g`` (``"0.2"``); each subset is sorted. With ``strata`` (case id -> class label) every subset keeps
+    the classes in proportion.
 
     Raises:
         ValueError: a fraction outside (0, 1].
     """
     ids = sorted(training_ids)
     # A permutation independent of the split shuffle, but fixed by the same seed.
-    order = [ids[i] for i in np.random.default_rng([seed, 1]).permutation(len(ids))]
+    rng = np.random.default_rng([seed, 1])
+    order = [ids[i] for i in rng.permutation(len(ids))]
+    if strata is not None:
+        order = _stratified_order(order, strata, rng)
     subsets = {}
     for fraction in sorted(float(f) for f in fractions):
         if not 0.0 < fraction <= 1.0:
@@ -614,7 +642,10 @@ def build_datalist(
         entry["missing_modalities"] = [m for m in union if m not in case.images]
         entries[case.case] = entry
 
-    splits = split_cases(list(entries), val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
+    strata = {case: entry["label"] for case, entry in entries.items()} if class_rows is not None else None
+    splits = split_cases(
+        list(entries), val_fraction=val_fraction, test_fraction=test_fraction, seed=seed, strata=strata
+    )
     datalist: dict[str, Any] = {
         "name": data_dir.resolve().name,
         "description": "BraTS-style data set verified and split by brainmvp_components.datalist",
@@ -645,7 +676,7 @@ def build_datalist(
     )
     for split in SPLITS:
         datalist[split] = [entries[c] for c in splits[split]]
-    datalist["label_fractions"] = nested_label_fractions(splits["training"], label_fractions, seed=seed)
+    datalist["label_fractions"] = nested_label_fractions(splits["training"], label_fractions, seed=seed, strata=strata)
     datalist["excluded"] = [
         {
             "case": case.case,

@@ -125,6 +125,18 @@ def test_split_sizes_and_seeds():
         split_cases(ids, val_fraction=1.5)
 
 
+def test_stratified_splits_and_fractions_keep_class_proportions():
+    ids = [f"case_{i:03d}" for i in range(40)]
+    strata = {case: int(i % 4 == 0) for i, case in enumerate(ids)}  # 10 of class 1, 30 of class 0
+    for seed in range(5):
+        splits = split_cases(ids, val_fraction=0.2, test_fraction=0.2, seed=seed, strata=strata)
+        for name, expected in (("validation", 2), ("test", 2), ("training", 6)):
+            assert sum(strata[c] for c in splits[name]) == expected, (seed, name)
+        subsets = nested_label_fractions(splits["training"], (0.2, 0.5), seed=seed, strata=strata)
+        assert sum(strata[c] for c in subsets["0.5"]) == 3
+        assert set(subsets["0.2"]) < set(subsets["0.5"])
+
+
 def test_label_fractions_nested_and_sized():
     ids = [f"c{i:02d}" for i in range(40)]
     subsets = nested_label_fractions(ids, (0.8, 0.2, 0.4, 0.6), seed=1)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from brainmvp_components.networks.pretrain import BrainMVPPretrainModel, PretrainDecoder, brainmvp_pretrain_model
-from brainmvp_components.networks.uniformer import UniFormer3D, uniformer, uniformer_small, uniformer_tiny
+from brainmvp_components.networks.uniformer import UniFormer3D, uniformer_preset, uniformer_small, uniformer_tiny
 
 
 def _expected_shapes(batch, dims, spatial):
@@ -61,7 +61,7 @@ def test_bad_input_raises_with_shape(shape, match):
 
 def test_bad_configuration_raises():
     with pytest.raises(ValueError, match="preset"):
-        uniformer("huge")
+        uniformer_preset("huge")
     with pytest.raises(ValueError, match="head_dim"):
         UniFormer3D(dims=(16, 32, 60, 128), depths=(1, 1, 1, 1), head_dim=16)
     with pytest.raises(ValueError, match="4 entries"):

@@ -10,7 +10,7 @@ from brainmvp_components.networks.pretrain import (
 from brainmvp_components.networks.uniformer import (
     UNIFORMER_PRESETS,
     UniFormer3D,
-    uniformer,
+    uniformer_preset,
     uniformer_small,
     uniformer_tiny,
 )
@@ -19,7 +19,7 @@ from brainmvp_components.networks.uniunet import UniUNet, UniUNetDecoder, brainm
 __all__ = [
     "UNIFORMER_PRESETS",
     "UniFormer3D",
-    "uniformer",
+    "uniformer_preset",
     "uniformer_small",
     "uniformer_tiny",
     "PretrainDecoder",

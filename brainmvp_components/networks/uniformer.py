@@ -29,7 +29,7 @@ __all__ = [
     "ConvBlock3D",
     "SelfAttentionBlock3D",
     "UniFormer3D",
-    "uniformer",
+    "uniformer_preset",
     "uniformer_small",
     "uniformer_tiny",
 ]
@@ -339,7 +339,7 @@ class UniFormer3D(nn.Module):
         return [x] + [f.permute(0, 1, 3, 4, 2) for f in (x1, x2, x3, x4)]
 
 
-def uniformer(preset: str = "small", **kwargs) -> UniFormer3D:
+def uniformer_preset(preset: str = "small", **kwargs) -> UniFormer3D:
     """Build a :class:`UniFormer3D` of a named size (``"small"`` or ``"tiny"``); ``kwargs`` override the preset."""
     if preset not in UNIFORMER_PRESETS:
         raise ValueError(f"unknown UniFormer preset {preset!r}; choose one of {sorted(UNIFORMER_PRESETS)}")
@@ -348,9 +348,9 @@ def uniformer(preset: str = "small", **kwargs) -> UniFormer3D:
 
 def uniformer_small(**kwargs) -> UniFormer3D:
     """UniFormer-S, the authors' size: dims (64, 128, 320, 512), depths (3, 4, 8, 3), head_dim 64."""
-    return uniformer("small", **kwargs)
+    return uniformer_preset("small", **kwargs)
 
 
 def uniformer_tiny(**kwargs) -> UniFormer3D:
     """A CPU-sized UniFormer: dims (16, 32, 64, 128), depths (1, 1, 2, 1), head_dim 16."""
-    return uniformer("tiny", **kwargs)
+    return uniformer_preset("tiny", **kwargs)
