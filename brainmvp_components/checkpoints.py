@@ -31,6 +31,7 @@ Checkpoints are epoch-granular: a run killed in the middle of epoch ``N + 1`` re
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -47,6 +48,7 @@ from torch import nn
 
 __all__ = [
     "CHECKPOINT_PREFIX",
+    "BestModelSaver",
     "ResumableCheckpoint",
     "atomic_torch_save",
     "checkpoint_path",
@@ -254,3 +256,60 @@ class ResumableCheckpoint:
             for _, old in list_checkpoints(self.save_dir, self.file_prefix)[: -self.n_saved]:
                 old.unlink(missing_ok=True)
         return path
+
+
+class BestModelSaver:
+    """Write the network's plain state dict atomically whenever the validator's key metric improves.
+
+    Attach to the validation evaluator (``validate#handlers``). MONAI's evaluator tracks
+    ``state.best_metric``/``state.best_metric_epoch``; when the epoch just validated is the new best, the
+    network (unwrapped from DDP) is saved to ``path`` through :func:`atomic_torch_save`, and the metric and
+    epoch to ``<path>.json``. That record is read back when the evaluator starts, so a resumed run only
+    replaces the file with a better model than the one it already holds.
+
+    Args:
+        network: the network to save.
+        path: the output file, e.g. ``models/model.pt``.
+        name: logger name; default the engine's logger.
+    """
+
+    def __init__(self, network: nn.Module, path: str | os.PathLike, name: str | None = None) -> None:
+        self.network = network
+        self.path = Path(path)
+        self.record = self.path.with_name(self.path.name + ".json")
+        self._name = name
+        self.logger = logging.getLogger(name)
+
+    def attach(self, engine: Engine) -> None:
+        if self._name is None:
+            self.logger = engine.logger
+        engine.add_event_handler(Events.STARTED, self.restore_best)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self.save_if_best)
+
+    def restore_best(self, engine: Engine) -> None:
+        """Seed the evaluator's best metric from an earlier run's record (once per run)."""
+        if getattr(self, "_restored", False) or not self.record.is_file() or not self.path.is_file():
+            return
+        self._restored = True
+        record = json.loads(self.record.read_text())
+        engine.state.best_metric = float(record["metric"])
+        engine.state.best_metric_epoch = int(record["epoch"])
+        self.logger.info(
+            f"best {record.get('metric_name', 'metric')} so far: {record['metric']:.4f} (epoch {record['epoch']})"
+        )
+
+    def save_if_best(self, engine: Engine) -> None:
+        if engine.state.best_metric_epoch != engine.state.epoch or not is_rank_zero():
+            return
+        atomic_torch_save(unwrap_module(self.network).state_dict(), self.path)
+        record = {
+            "metric_name": getattr(engine.state, "key_metric_name", None) or "key_metric",
+            "metric": float(engine.state.best_metric),
+            "epoch": int(engine.state.best_metric_epoch),
+        }
+        tmp = self.record.with_name(f".{self.record.name}{_TMP_SUFFIX}")
+        tmp.write_text(json.dumps(record, indent=2))
+        os.replace(tmp, self.record)
+        self.logger.info(
+            f"saved the best model so far to {self.path} ({record['metric']:.4f}, epoch {record['epoch']})"
+        )
