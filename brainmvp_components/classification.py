@@ -1,4 +1,4 @@
-"""Classification metrics, class weights, inference case lists and per-case prediction reports.
+"""Classification metrics, class weights and per-case prediction reports.
 
 Metrics follow the paper's classification tables (accuracy, AUC, F1) plus balanced accuracy and the confusion
 matrix, computed with MONAI's metric functions (:func:`monai.metrics.compute_roc_auc`,
@@ -18,13 +18,9 @@ to CSV and JSON for the evaluate and inference workflows.
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import logging
 import math
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,8 +35,8 @@ from monai.metrics import (
 )
 from monai.utils import min_version, optional_import
 
-from brainmvp_components.datalist import DatasetIntegrityError, discover_cases
 from brainmvp_components.modalities import strip_nifti_suffix
+from brainmvp_components.reports import write_csv, write_json
 
 Events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
 if TYPE_CHECKING:
@@ -53,7 +49,6 @@ __all__ = [
     "confusion_matrix",
     "classification_metrics",
     "class_weights",
-    "inference_cases",
     "ClassificationMetric",
     "ClassificationMetricHandler",
     "ClassificationReportWriter",
@@ -183,68 +178,6 @@ def class_weights(
     return result.to(device)
 
 
-def _case_name(images: Sequence[str]) -> str:
-    first = Path(images[0])
-    return first.parent.name if len(images) > 1 else strip_nifti_suffix(first)
-
-
-def inference_cases(
-    datalist: str | os.PathLike | None = None, dataset_dir: str | os.PathLike | None = None, split: str = "test"
-) -> list[dict]:
-    """Cases to classify: from a datalist JSON when given, else every case folder of ``dataset_dir``.
-
-    Args:
-        datalist: a JSON file holding a list of entries, or an object whose ``split`` (else ``"testing"``) key
-            holds them. Each entry has ``image`` (a path or a list of per-modality paths, relative to the file's
-            folder or absolute) and ``modalities`` (their names), and optionally ``case``; without ``case`` the
-            case is named after its folder (several files) or file (one file).
-        dataset_dir: a BraTS-style folder with one sub-folder per case, modalities recognised by file name.
-        split: the datalist key read when the JSON is an object.
-
-    Returns:
-        Entries ``{"case", "image": [absolute paths], "modalities": [names]}``.
-
-    Raises:
-        FileNotFoundError: neither source exists.
-        ValueError: the datalist is malformed (the message names the file and the entry).
-        DatasetIntegrityError: a case folder of ``dataset_dir`` has problems (duplicate or missing images).
-    """
-    if datalist:
-        path = Path(datalist)
-        if not path.is_file():
-            raise FileNotFoundError(f"datalist {path} does not exist")
-        try:
-            content = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise ValueError(f"datalist {path} is not valid JSON: {err}") from err
-        if isinstance(content, dict):
-            key = split if split in content else "testing"
-            if not isinstance(content.get(key), list):
-                raise ValueError(f"datalist {path} is an object without a {split!r} or 'testing' list")
-            content = content[key]
-        if not isinstance(content, list) or not content:
-            raise ValueError(f"datalist {path} holds no entries")
-        cases = []
-        for number, entry in enumerate(content):
-            if not isinstance(entry, dict) or "image" not in entry or "modalities" not in entry:
-                raise ValueError(f"datalist {path}, entry {number}: needs 'image' and 'modalities', got {entry!r}")
-            images = [entry["image"]] if isinstance(entry["image"], str) else list(entry["image"])
-            images = [str((path.parent / p).resolve()) for p in images]
-            cases.append({**entry, "case": str(entry.get("case") or _case_name(images)), "image": images})
-        return cases
-    if dataset_dir is None or not Path(dataset_dir).is_dir():
-        raise FileNotFoundError(f"no datalist given and the data set folder {dataset_dir} does not exist")
-    found = discover_cases(dataset_dir)
-    problems = [p for case in found for p in case.problems]
-    if problems:
-        raise DatasetIntegrityError(problems, header=f"cannot classify the cases of {dataset_dir}")
-    if not found:
-        raise FileNotFoundError(f"no case folders in {dataset_dir}")
-    return [
-        {"case": c.case, "image": [str(c.images[m]) for m in c.modalities], "modalities": c.modalities} for c in found
-    ]
-
-
 class ClassificationMetric(CumulativeIterationMetric):
     """Accumulate class probabilities and labels over an epoch; aggregate one of :data:`METRIC_NAMES`.
 
@@ -286,26 +219,6 @@ class ClassificationMetricHandler(IgniteMetricHandler):
         super().__init__(
             metric_fn=ClassificationMetric(metric_name), output_transform=output_transform, save_details=False
         )
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _csv_text(rows: Sequence[dict], columns: Sequence[str]) -> str:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(columns), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue()
 
 
 def _json_safe(value: Any) -> Any:
@@ -418,7 +331,7 @@ class ClassificationReportWriter:
             "predictions_csv": self.output_dir / f"{self.prefix}predictions.csv",
             "predictions_json": self.output_dir / f"{self.prefix}predictions.json",
         }
-        _atomic_write_text(paths["predictions_csv"], _csv_text(rows, columns))
+        write_csv(paths["predictions_csv"], rows, columns)
         cases = [
             {
                 "case": row["case"],
@@ -428,12 +341,12 @@ class ClassificationReportWriter:
             for row in rows
         ]
         document = {"class_names": self.class_names, "cases": cases}
-        _atomic_write_text(paths["predictions_json"], json.dumps(document, indent=2) + "\n")
+        write_json(paths["predictions_json"], document)
         if labelled:
             metrics = classification_metrics(torch.stack(self._probabilities), self._labels, self.class_names)
             paths["metrics_json"] = self.output_dir / f"{self.prefix}metrics.json"
             paths["metrics_csv"] = self.output_dir / f"{self.prefix}metrics.csv"
-            _atomic_write_text(paths["metrics_json"], json.dumps(_json_safe(metrics), indent=2) + "\n")
+            write_json(paths["metrics_json"], _json_safe(metrics))
             scalar_rows = [{"metric": "num_cases", "value": metrics["num_cases"]}]
             scalar_rows += [{"metric": name, "value": metrics[name]} for name in METRIC_NAMES]
             scalar_rows += [
@@ -441,7 +354,7 @@ class ClassificationReportWriter:
                 for t, counts in enumerate(metrics["confusion_matrix"])
                 for p, count in enumerate(counts)
             ]
-            _atomic_write_text(paths["metrics_csv"], _csv_text(scalar_rows, ["metric", "value"]))
+            write_csv(paths["metrics_csv"], scalar_rows, ["metric", "value"])
             logger.info(
                 "%d case(s): %s",
                 metrics["num_cases"],

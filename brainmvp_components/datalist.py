@@ -17,7 +17,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 import zlib
 from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
@@ -31,7 +30,14 @@ from nibabel.filebasedimages import ImageFileError
 from nibabel.spatialimages import HeaderDataError
 from nibabel.wrapstruct import WrapStructError
 
-from brainmvp_components.modalities import CANONICAL_MODALITIES, is_segmentation_file, modality_from_filename
+from brainmvp_components.modalities import (
+    CANONICAL_MODALITIES,
+    canonical_modalities,
+    is_segmentation_file,
+    modality_from_filename,
+    strip_nifti_suffix,
+)
+from brainmvp_components.reports import write_json
 
 __all__ = [
     "BRATS_LABEL_CONVENTIONS",
@@ -51,6 +57,8 @@ __all__ = [
     "write_datalist",
     "load_datalist",
     "ensure_datalist",
+    "case_id_from_path",
+    "inference_cases",
 ]
 
 logger = logging.getLogger(__name__)
@@ -514,18 +522,7 @@ def _relative(path: Path, root: Path) -> str:
 
 def write_datalist(datalist: dict, path: str | os.PathLike) -> Path:
     """Write a datalist JSON atomically (a temporary file in the same folder, then ``os.replace``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(datalist, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_json(path, datalist)
 
 
 def build_datalist(
@@ -749,6 +746,126 @@ def load_datalist(
                 entry[key] = str(root / entry[key])
         result.append(entry)
     return result
+
+
+def case_id_from_path(path) -> str:
+    """Case identifier from a file name: drops the suffix and a trailing modality or segmentation token.
+
+    ``BraTS2021_00000_t1ce.nii.gz`` -> ``BraTS2021_00000``; ``BraTS2021_00000_seg.nii.gz`` -> ``BraTS2021_00000``;
+    ``case7.nii.gz`` (a 4-D multi-channel file) -> ``case7``. For a list of files, the first one names the case.
+    """
+    if isinstance(path, (list, tuple)):
+        path = path[0]
+    stem = strip_nifti_suffix(str(path))
+    if modality_from_filename(stem) is not None or is_segmentation_file(stem):
+        for sep in ("_", "-", "."):
+            head, found, _ = stem.rpartition(sep)
+            if found and head:
+                return head
+    return stem
+
+
+def _inference_entry(entry: Any, number: int, source: Path, root: Path) -> dict:
+    """One inference entry with absolute, existing image paths, a case name and modality names."""
+    where = f"datalist {source}, entry {number}"
+    if not isinstance(entry, dict) or "image" not in entry:
+        raise ValueError(f"{where}: expected an object with an 'image' key, got {entry!r}")
+    images = entry["image"]
+    single = isinstance(images, (str, os.PathLike))
+    paths = [images] if single else images
+    if not isinstance(paths, (list, tuple)) or not paths or not all(isinstance(p, (str, os.PathLike)) for p in paths):
+        raise ValueError(f"{where}: 'image' must be a path or a non-empty list of paths, got {images!r}")
+    paths = [str((root / p).resolve()) for p in paths]
+    for p in paths:
+        if not Path(p).is_file():
+            raise FileNotFoundError(f"{where}: image file {p} does not exist")
+    result = {**entry, "image": paths[0] if single else paths}
+    name = f"{where} (case {entry['case']!r})" if entry.get("case") else where
+    modalities = entry.get("modalities")
+    if modalities is None:
+        # name the channels by file name: per-modality files, or one file whose name names its modality;
+        # otherwise (a 4-D file named after its case) the bundle's configured channel order applies
+        found = [modality_from_filename(p) for p in paths]
+        if all(found):
+            result["modalities"] = found
+        elif not single:
+            unnamed = [p for p, m in zip(paths, found) if m is None]
+            raise ValueError(f"{name}: no 'modalities' given and no modality in the file name(s) {unnamed}")
+    else:
+        modalities = [modalities] if isinstance(modalities, str) else list(modalities)
+        try:
+            canonical_modalities(modalities)
+        except (KeyError, ValueError) as err:
+            raise ValueError(f"{name}: bad 'modalities' {modalities}: {err}") from err
+        if not single and len(modalities) != len(paths):
+            raise ValueError(f"{name}: {len(paths)} image files but {len(modalities)} modalities {modalities}")
+        result["modalities"] = modalities
+    for key in ("label", "segmentation"):
+        if isinstance(entry.get(key), str):
+            result[key] = str((root / entry[key]).resolve())
+    result["case"] = str(entry.get("case") or case_id_from_path(paths[0]))
+    return result
+
+
+def inference_cases(
+    datalist: str | os.PathLike | None = None, dataset_dir: str | os.PathLike | None = None, split: str = "test"
+) -> list[dict]:
+    """Cases to run a model on (segmentation or classification inference): from a datalist JSON, else a data set.
+
+    Args:
+        datalist: a JSON file holding a list of entries, or an object: a datalist with splits (e.g. from
+            :func:`build_datalist`; its ``split`` is read with :func:`load_datalist`), or one with a
+            ``"testing"`` list. Each entry has ``image``, a path or a list of per-modality paths (relative to
+            the file's folder or absolute); optionally ``modalities`` (their names, any alias; without it the
+            names come from the file names, or for a single file not naming a modality, from the bundle's
+            configured input order) and ``case`` (without it, the first file's name without its modality
+            token).
+        dataset_dir: used when ``datalist`` is not given: a BraTS-style folder with one sub-folder per case,
+            modalities recognised by file name, segmentations ignored.
+        split: the split read from a datalist with splits.
+
+    Returns:
+        Entries ``{"case", "image", "modalities", ...}`` with absolute image paths. ``image`` keeps its form: a
+        single path stays a string (read by :class:`~brainmvp_components.transforms.io.LoadModalitiesd` as one,
+        possibly 4-D multi-channel, file), a list stays a list of per-modality files.
+
+    Raises:
+        FileNotFoundError: neither source exists, or an image file is missing (the message names the entry).
+        ValueError: the datalist is malformed or holds no entries (the message names the file and the entry).
+        DatasetIntegrityError: a case folder of ``dataset_dir`` has problems (duplicate or missing images).
+    """
+    if datalist:
+        path = Path(datalist)
+        if not path.is_file():
+            raise FileNotFoundError(f"datalist {path} does not exist")
+        try:
+            content = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"datalist {path} is not valid JSON: {err}") from err
+        if isinstance(content, dict):
+            if isinstance(content.get(split), list):
+                content = load_datalist(path, split=split)
+            elif isinstance(content.get("testing"), list):
+                content = content["testing"]
+            else:
+                raise ValueError(f"datalist {path} is an object without a {split!r} or 'testing' list")
+        if not isinstance(content, list) or not content:
+            raise ValueError(f"datalist {path} holds no entries")
+        root = path.parent.resolve()
+        return [_inference_entry(entry, number, path, root) for number, entry in enumerate(content)]
+    if dataset_dir is None:
+        raise ValueError("give a datalist file or a data set folder of cases")
+    if not Path(dataset_dir).is_dir():
+        raise FileNotFoundError(f"no datalist given and the data set folder {dataset_dir} does not exist")
+    found = discover_cases(dataset_dir)
+    problems = [p for case in found for p in case.problems]
+    if problems:
+        raise DatasetIntegrityError(problems, header=f"cannot use the cases of {dataset_dir} for inference")
+    if not found:
+        raise FileNotFoundError(f"no case folders in {dataset_dir}")
+    return [
+        {"case": c.case, "image": [str(c.images[m]) for m in c.modalities], "modalities": c.modalities} for c in found
+    ]
 
 
 def _has_case_folders(dataset_dir: Path) -> bool:

@@ -19,12 +19,8 @@ Use :class:`BratsMetricHandler` for validation during training (a MONAI/ignite m
 
 from __future__ import annotations
 
-import csv
-import json
 import logging
 import math
-import os
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -37,7 +33,8 @@ from monai.metrics import CumulativeIterationMetric, DiceMetric
 from monai.metrics.utils import get_edge_surface_distance
 from monai.utils import MetricReduction
 
-from brainmvp_components.modalities import is_segmentation_file, modality_from_filename, strip_nifti_suffix
+from brainmvp_components.datalist import case_id_from_path
+from brainmvp_components.reports import write_csv, write_json
 
 __all__ = [
     "REGIONS",
@@ -52,9 +49,7 @@ __all__ = [
     "evaluate_segmentation_files",
     "write_metrics_report",
     "summarise_metrics",
-    "case_id_from_path",
     "case_name_formatter",
-    "inference_cases",
     "OverlaySaver",
 ]
 
@@ -206,28 +201,6 @@ class BratsMetricHandler(IgniteMetricHandler):
         )
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _csv_text(header: Sequence[str], rows: Sequence[Sequence]) -> str:
-    import io
-
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows(rows)
-    return buffer.getvalue()
-
-
 def summarise_metrics(rows: Sequence[dict]) -> dict[str, dict[str, float]]:
     """Mean, standard deviation (population) and median of each metric column over cases."""
     summary = {}
@@ -256,35 +229,16 @@ def write_metrics_report(rows: Sequence[dict], output_dir: str | Path, prefix: s
         "summary_csv": output_dir / f"{prefix}_summary.csv",
         "summary_json": output_dir / f"{prefix}_summary.json",
     }
-    header = ["case", *METRIC_COLUMNS]
-    _atomic_write_text(
-        paths["per_case"], _csv_text(header, [[r["case"], *(r[c] for c in METRIC_COLUMNS)] for r in rows])
-    )
+    write_csv(paths["per_case"], rows, ["case", *METRIC_COLUMNS])
     summary = summarise_metrics(rows)
     stats = [*SUMMARY_STATS, "count"]
-    _atomic_write_text(
+    write_csv(
         paths["summary_csv"],
-        _csv_text(["statistic", *METRIC_COLUMNS], [[s, *(summary[c][s] for c in METRIC_COLUMNS)] for s in stats]),
+        [{"statistic": s, **{c: summary[c][s] for c in METRIC_COLUMNS}} for s in stats],
+        ["statistic", *METRIC_COLUMNS],
     )
-    _atomic_write_text(paths["summary_json"], json.dumps({"num_cases": len(rows), "metrics": summary}, indent=2) + "\n")
+    write_json(paths["summary_json"], {"num_cases": len(rows), "metrics": summary})
     return paths
-
-
-def case_id_from_path(path) -> str:
-    """Case identifier from a file name: drops the suffix and a trailing modality or segmentation token.
-
-    ``BraTS2021_00000_t1ce.nii.gz`` -> ``BraTS2021_00000``; ``BraTS2021_00000_seg.nii.gz`` -> ``BraTS2021_00000``;
-    ``case7.nii.gz`` (a 4-D multi-channel file) -> ``case7``.
-    """
-    if isinstance(path, (list, tuple)):
-        path = path[0]
-    stem = strip_nifti_suffix(str(path))
-    if modality_from_filename(stem) is not None or is_segmentation_file(stem):
-        for sep in ("_", "-", "."):
-            head, found, _ = stem.rpartition(sep)
-            if found and head:
-                return head
-    return stem
 
 
 def case_name_formatter(metadict: dict, saver=None) -> dict:
@@ -294,6 +248,13 @@ def case_name_formatter(metadict: dict, saver=None) -> dict:
         "subject": case_id_from_path(source) if source else "case",
         "idx": metadict.get("patch_index") if metadict else None,
     }
+
+
+def _engine_items(engine) -> list[dict]:
+    """The items of an evaluator's iteration: each decollated batch entry updated with its output entry."""
+    outputs = engine.state.output if isinstance(engine.state.output, list) else [engine.state.output]
+    batches = engine.state.batch if isinstance(engine.state.batch, list) else [engine.state.batch]
+    return [{**batch, **output} for output, batch in zip(outputs, batches)]
 
 
 def _load_label_map(path) -> MetaTensor:
@@ -387,10 +348,7 @@ class BratsEvaluationSaver:
         self.rows = []
 
     def _score(self, engine) -> None:
-        outputs = engine.state.output if isinstance(engine.state.output, list) else [engine.state.output]
-        batches = engine.state.batch if isinstance(engine.state.batch, list) else [engine.state.batch]
-        for output, batch in zip(outputs, batches):
-            item = {**batch, **output}
+        for item in _engine_items(engine):
             ref_path = item.get(self.reference_key)
             if ref_path is None:
                 raise KeyError(f"evaluation needs the reference path under {self.reference_key!r} in each item")
@@ -407,54 +365,6 @@ class BratsEvaluationSaver:
             + ", ".join(f"{c} {summary[c]['mean']:.4f}" for c in METRIC_COLUMNS)
             + f"; written to {paths['per_case'].parent}"
         )
-
-
-def inference_cases(datalist: str | None = None, dataset_dir: str | None = None, split: str = "test") -> list[dict]:
-    """Cases to segment, from a datalist file or from BraTS-style case folders.
-
-    Args:
-        datalist: a JSON file holding either a list of entries ``{"image": [paths] or "path", "modalities":
-            [names], "case": name (optional)}`` or a datalist with splits (then ``split`` is read, see
-            :func:`~brainmvp_components.datalist.load_datalist`). Relative paths are relative to the file.
-        dataset_dir: a folder with one sub-folder per case (used when ``datalist`` is ``None``); every image
-            file found is listed with its modality, segmentations are ignored.
-        split: the split read from a datalist with splits.
-
-    Raises:
-        ValueError: neither source is given, or the source holds no case.
-    """
-    from brainmvp_components.datalist import discover_cases, load_datalist
-
-    if datalist is not None:
-        path = Path(datalist)
-        if not path.is_file():
-            raise FileNotFoundError(f"datalist {str(path)!r} does not exist")
-        with open(path) as f:
-            content = json.load(f)
-        if isinstance(content, dict):
-            cases = load_datalist(path, split=split)
-        else:
-            root = path.parent.resolve()
-            cases = []
-            for i, entry in enumerate(content):
-                if not isinstance(entry, dict) or "image" not in entry:
-                    raise ValueError(f"datalist {str(path)!r}: entry {i} is not an object with an 'image' key")
-                entry = dict(entry)
-                images = entry["image"]
-                entry["image"] = str(root / images) if isinstance(images, str) else [str(root / p) for p in images]
-                entry.setdefault("case", case_id_from_path(entry["image"]))
-                cases.append(entry)
-    elif dataset_dir is not None:
-        cases = [
-            {"case": c.case, "image": [str(c.images[m]) for m in c.modalities], "modalities": c.modalities}
-            for c in discover_cases(dataset_dir)
-            if c.images
-        ]
-    else:
-        raise ValueError("give a datalist file (--datalist) or a folder of cases (--dataset_dir)")
-    if not cases:
-        raise ValueError(f"no cases found in {datalist or dataset_dir!r}")
-    return cases
 
 
 class OverlaySaver:
@@ -499,10 +409,7 @@ class OverlaySaver:
         from brainmvp_components.transforms.labels import RegionsToBratsLabel
         from brainmvp_components.visualisation import save_overlay
 
-        outputs = engine.state.output if isinstance(engine.state.output, list) else [engine.state.output]
-        batches = engine.state.batch if isinstance(engine.state.batch, list) else [engine.state.batch]
-        for output, batch in zip(outputs, batches):
-            item = {**batch, **output}
+        for item in _engine_items(engine):
             image, regions = item[self.image_key], item[self.regions_key]
             meta = image.meta if isinstance(image, MetaTensor) else {}
             case = str(item.get("case") or case_id_from_path(meta.get("filename_or_obj", "case")))

@@ -16,7 +16,6 @@ from brainmvp_components.evaluation import (
     METRIC_COLUMNS,
     BratsRegionMetric,
     brats_region_metrics,
-    case_id_from_path,
     evaluate_segmentation_files,
     hd95_brats,
 )
@@ -87,6 +86,40 @@ def _label_pair(seed: int, enhancing: int):
     return pred, ref
 
 
+def _distributed_metric_worker(rank: int, init_file: str, results: str) -> None:
+    """One rank of a two-process gloo group: rank 0 scores two perfect cases, rank 1 one missed case."""
+    import torch.distributed as dist
+
+    from brainmvp_components.evaluation import BratsMetricHandler
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        masks = torch.zeros(1, 3, 8, 8, 8)
+        masks[:, :, 2:5, 2:5, 2:5] = 1
+        missed = torch.zeros_like(masks)
+        missed[:, :, 5:7, 5:7, 5:7] = 1
+        batches = [(masks, masks), (masks, masks)] if rank == 0 else [(missed, masks)]
+        metric, handler = BratsRegionMetric("dice"), BratsMetricHandler("dice", save_details=False)
+        handler.reset()
+        for y_pred, y in batches:
+            metric(y_pred, y)
+            handler.update((y_pred, y))
+        values = [float(metric.aggregate()), float(handler.compute())]
+        torch.save(values, f"{results}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_metric_and_handler_gather_across_ranks(tmp_path):
+    """Under torch.distributed, every rank aggregates the cases of all ranks (MONAI's buffer all-gather)."""
+    import torch.multiprocessing as mp
+
+    results = str(tmp_path / "values")
+    mp.spawn(_distributed_metric_worker, args=(str(tmp_path / "init"), results), nprocs=2, join=True)
+    for rank in range(2):
+        assert torch.load(f"{results}.{rank}") == pytest.approx([2 / 3, 2 / 3])
+
+
 def test_evaluate_files_writes_reports(tmp_path):
     affine = np.diag([1.5, 1.0, 2.0, 1.0])
     pairs = []
@@ -115,6 +148,8 @@ def test_evaluate_files_writes_reports(tmp_path):
 
 
 def test_case_ids():
+    from brainmvp_components.datalist import case_id_from_path
+
     assert case_id_from_path("/d/BraTS2021_00012/BraTS2021_00012_t1ce.nii.gz") == "BraTS2021_00012"
     assert case_id_from_path("BraTS-GLI-00001-000-seg.nii.gz") == "BraTS-GLI-00001-000"
     assert case_id_from_path("case7.nii.gz") == "case7"

@@ -19,7 +19,6 @@ from brainmvp_components.classification import (
     ClassificationReportWriter,
     class_weights,
     classification_metrics,
-    inference_cases,
 )
 from brainmvp_components.engines.consistency import ConsistencyTrainer
 from brainmvp_components.masking import num_kept_blocks
@@ -390,26 +389,3 @@ def test_metric_handlers_through_evaluator():
     probabilities = net(data[0]["image"]).detach()
     expected = classification_metrics(probabilities, data[0]["label"])["accuracy"]
     assert evaluator.state.metrics["acc"] == pytest.approx(expected)
-
-
-# ---------------------------------------------------------------------------------------------- inference cases
-
-
-def test_inference_cases_from_datalist_and_folder(tmp_path):
-    folder = tmp_path / "data"
-    for case in ("A", "B"):
-        (folder / case).mkdir(parents=True)
-        (folder / case / f"{case}_t1.nii.gz").write_bytes(b"")
-    listing = tmp_path / "list.json"
-    listing.write_text(json.dumps([{"image": "data/A/A_t1.nii.gz", "modalities": ["t1"]}]))
-    cases = inference_cases(listing)
-    assert cases[0]["case"] == "A_t1" and cases[0]["image"] == [str(folder / "A" / "A_t1.nii.gz")]
-    listing.write_text(json.dumps({"testing": [{"case": "x", "image": ["data/B/B_t1.nii.gz"], "modalities": ["t1"]}]}))
-    assert inference_cases(listing)[0]["case"] == "x"
-    listing.write_text(json.dumps([{"image": "data/A/A_t1.nii.gz"}]))
-    with pytest.raises(ValueError, match="entry 0"):
-        inference_cases(listing)
-    found = inference_cases(None, folder)
-    assert [c["case"] for c in found] == ["A", "B"] and found[1]["modalities"] == ["t1"]
-    with pytest.raises(FileNotFoundError, match="absent"):
-        inference_cases(None, tmp_path / "absent")

@@ -20,6 +20,7 @@ from brainmvp_components.datalist import (
     build_datalist,
     discover_cases,
     ensure_datalist,
+    inference_cases,
     load_datalist,
     nested_label_fractions,
     split_cases,
@@ -432,6 +433,60 @@ def test_load_datalist(brats_cohort, tmp_path):
         load_datalist(path, "train")
     with pytest.raises(FileNotFoundError):
         load_datalist(data / "missing.json")
+
+
+# ---------------------------------------------------------------------------------------------- inference cases
+
+
+def test_inference_cases_from_datalist_and_folder(tmp_path):
+    folder = tmp_path / "data"
+    for case in ("A", "B"):
+        (folder / case).mkdir(parents=True)
+        for modality in ("t1", "flair"):
+            (folder / case / f"{case}_{modality}.nii.gz").write_bytes(b"")
+    (tmp_path / "multi.nii.gz").write_bytes(b"")
+    listing = tmp_path / "list.json"
+
+    def cases(entries, *args):
+        listing.write_text(json.dumps(entries))
+        return inference_cases(listing, *args)
+
+    # a single path stays a string (one, possibly 4-D, file); names from the file name or the bundle's order
+    first = cases([{"image": "data/A/A_t1.nii.gz"}, {"image": "multi.nii.gz"}])
+    assert first[0] == {"case": "A", "image": str(folder / "A" / "A_t1.nii.gz"), "modalities": ["t1"]}
+    assert first[1] == {"case": "multi", "image": str(tmp_path / "multi.nii.gz")}
+    # a list stays a list of per-modality files
+    listed = cases([{"image": ["data/B/B_t1.nii.gz", "data/B/B_flair.nii.gz"]}])[0]
+    assert listed["case"] == "B" and listed["modalities"] == ["t1", "flair"]
+    assert listed["image"] == [str(folder / "B" / f"B_{m}.nii.gz") for m in ("t1", "flair")]
+    # objects: a 'testing' list, or a decathlon-style split read with load_datalist
+    listing.write_text(json.dumps({"testing": [{"case": "x", "image": ["data/B/B_t1.nii.gz"], "modalities": ["T1"]}]}))
+    assert inference_cases(listing)[0]["case"] == "x"
+    split = {"test": [{"case": "y", "image": "data/A/A_flair.nii.gz", "modalities": ["flair"]}], "training": []}
+    listing.write_text(json.dumps(split))
+    assert inference_cases(listing, None, "test")[0]["image"] == str(folder / "A" / "A_flair.nii.gz")
+    with pytest.raises(ValueError, match="without a 'validation' or 'testing' list"):
+        inference_cases(listing, None, "validation")
+    # errors name the file and the entry
+    for entries, error, match in [
+        ([{"image": "data/A/A_t1.nii.gz"}, {"path": "x"}], ValueError, "entry 1: expected an object"),
+        ([{"image": "data/A/absent_t1.nii.gz"}], FileNotFoundError, "entry 0: image file .*absent_t1"),
+        ([{"image": ["data/A/A_t1.nii.gz", "multi.nii.gz"]}], ValueError, "entry 0: no 'modalities'.*multi"),
+        ([{"case": "c", "image": ["data/A/A_t1.nii.gz"], "modalities": ["t1", "t2"]}], ValueError, "'c'.*1 image"),
+        ([{"image": "data/A/A_t1.nii.gz", "modalities": ["x-ray"]}], ValueError, "entry 0.*bad 'modalities'"),
+        ([], ValueError, "holds no entries"),
+    ]:
+        with pytest.raises(error, match=match):
+            cases(entries)
+    assert str(listing) in str(pytest.raises(ValueError, cases, [{"path": "x"}]).value)
+
+    found = inference_cases(None, folder)
+    assert [c["case"] for c in found] == ["A", "B"] and found[1]["modalities"] == ["t1", "flair"]
+    with pytest.raises(FileNotFoundError, match="absent"):
+        inference_cases(None, tmp_path / "absent")
+    (folder / "C").mkdir()
+    with pytest.raises(DatasetIntegrityError, match="holds no image file"):
+        inference_cases(None, folder)
 
 
 # ---------------------------------------------------------------------------------------------- CLI

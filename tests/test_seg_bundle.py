@@ -173,12 +173,71 @@ def test_inference_inputs_missing_modalities_and_geometry(trained, tmp_path):
         assert np.allclose(pred.affine, src.affine, atol=1e-4), case
         assert set(np.unique(np.asarray(pred.dataobj)).tolist()) <= {0, 1, 2, 4}
     assert list(out_dir.glob("*_overlay_flair.png"))
+    # the saved predictions' sidecar records say which modalities were imputed with templates
+    expected = {
+        "per_modality": [],
+        "four_d": [],
+        "missing_one": ["t2"],
+        "missing_three": ["t1", "t1c", "t2"],
+        "oblique": [],
+    }
+    for case, imputed in expected.items():
+        record = json.loads((out_dir / f"{_stem(sources[case])}_seg.json").read_text())
+        assert record == {
+            "case": case,
+            "modalities_used": [m for m in MODALITIES if m not in imputed],
+            "imputed_modalities": imputed,
+            "missing_modalities": imputed,
+        }, case
 
 
 def _stem(path: str) -> str:
-    from brainmvp_components.evaluation import case_id_from_path
+    from brainmvp_components.datalist import case_id_from_path
 
     return case_id_from_path(path)
+
+
+def _four_d_case(case_dir: Path, out: Path) -> dict:
+    """MONAI Label's item for a case: one 4-D file, channels in the bundle's input order, and the label."""
+    volumes = [nib.load(next(case_dir.glob(f"*_{token}.nii.gz"))) for token in ("t1", "t1ce", "t2", "flair")]
+    stack = np.stack([v.get_fdata(dtype=np.float32) for v in volumes], -1)
+    nib.save(nib.Nifti1Image(stack, volumes[0].affine), str(out))
+    return {"image": str(out), "label": str(next(case_dir.glob("*_seg.nii.gz")))}
+
+
+def test_monai_label_style_training_data(trained, tmp_path, subprocess_env, python_executable):
+    """MONAI Label overrides the datasets' data with 4-D images and labels, without modality names."""
+    cases = sorted(p for p in trained["data"].iterdir() if p.is_dir())[:2]
+    items = [_four_d_case(c, tmp_path / f"{c.name}.nii.gz") for c in cases]
+    bundle = tmp_path / "bundle"
+    shutil.copytree(trained["bundle"] / "configs", bundle / "configs")
+    overrides = {
+        **trained["overrides"],
+        "dataset_dir": str(tmp_path / "unused"),
+        "epoch_length": 1,
+        "train#dataset#data": items,
+        "validate#dataset#data": items[1:],
+    }
+    _run(bundle, ["train.json", "quick.json"], subprocess_env, python_executable, overrides)
+    assert (bundle / "models" / "model.pt").is_file()
+    assert not (tmp_path / "unused").exists()  # the overridden data needs no datalist
+
+
+def test_torchrun_two_processes_gloo(trained, tmp_path, subprocess_env, python_executable):
+    """multi_gpu_train.json on CPU (gloo): DDP training, validation on both ranks, outputs from rank 0 only."""
+    bundle = tmp_path / "bundle"
+    shutil.copytree(trained["bundle"] / "configs", bundle / "configs")
+    files = [str(bundle / "configs" / c) for c in ("train.json", "multi_gpu_train.json", "quick.json")]
+    cmd = [python_executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    cmd += ["-m", "monai.bundle", "run", "--config_file", json.dumps(files), "--bundle_root", str(bundle)]
+    cmd += _cli({**trained["overrides"], "epoch_length": 1})
+    result = subprocess.run(cmd, env=subprocess_env, capture_output=True, text=True, timeout=600)
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, log[-20000:]
+    state = torch.load(bundle / "models" / "model.pt", weights_only=True)
+    assert not any(k.startswith("module.") for k in state)  # the plain network, loadable without DDP
+    assert (bundle / "models" / "checkpoints" / "checkpoint_epoch=1.pt").is_file()
+    assert log.count("Key metric: val_mean_dice") == 1  # validation is logged by rank 0 only
 
 
 def test_properties_and_network_tools(trained, tmp_path):

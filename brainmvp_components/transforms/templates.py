@@ -9,7 +9,8 @@ Two uses of the frozen templates that pre-training distils (one volume per modal
   ConsistencyTrainer`. Apply it after the random crop so that only the crop is resampled.
 - :class:`ImputeMissingModalities` / :class:`ImputeMissingModalitiesd` (inference): fill the channels of
   modalities a case lacks (listed by :class:`~brainmvp_components.transforms.io.LoadModalitiesd` in
-  ``data["missing_modalities"]``) with their templates resampled to the case grid.
+  ``data["missing_modalities"]``) with their templates resampled to the case grid;
+  :class:`SaveModalityRecordd` then records next to each saved prediction which modalities were imputed.
 
 Both take the templates as a :class:`~brainmvp_components.templates.ModalityTemplates`, or a directory of
 ``template_<modality>.nii.gz`` files (the pre-training bundle's ``models/templates``); see
@@ -38,6 +39,7 @@ __all__ = [
     "ImputeMissingModalities",
     "ImputeMissingModalitiesd",
     "MissingModalitiesError",
+    "SaveModalityRecordd",
 ]
 
 logger = logging.getLogger(__name__)
@@ -212,7 +214,8 @@ class ImputeMissingModalities(Transform):
     ``__call__(img, missing, case=None)``: ``img`` is a ``MetaTensor (C, H, W, D)`` whose channels for the
     modalities in ``missing`` are placeholders; returns a copy with those channels replaced and
     ``meta["imputed_modalities"]`` listing what was filled. Raises :class:`MissingModalitiesError` naming
-    ``case`` when every channel is missing.
+    ``case`` when every channel is missing. ``meta["missing_modalities"]`` lists the placeholders (imputed
+    or, without templates, left zero), comma-separated like ``imputed_modalities``.
     """
 
     backend = [TransformBackends.TORCH]
@@ -245,6 +248,7 @@ class ImputeMissingModalities(Transform):
             logger.info(f"{name}: imputed {imputed} with their distilled modality templates")
         if isinstance(out, MetaTensor):
             out.meta["imputed_modalities"] = ",".join(imputed)
+            out.meta["missing_modalities"] = ",".join(missing)
         return out
 
 
@@ -285,4 +289,77 @@ class ImputeMissingModalitiesd(MapTransform):
             d[key] = self.imputer(img, missing, case=None if case is None else str(case))
             imputed = d[key].meta.get("imputed_modalities", "") if isinstance(d[key], MetaTensor) else ""
             d[self.imputed_key] = [m for m in str(imputed).split(",") if m]
+        return d
+
+
+def _names(value) -> list[str]:
+    """Modality names from a comma-separated string or a (possibly collated) sequence of names."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [m for m in value.split(",") if m]
+    names = []
+    for v in value:
+        names.extend(_names(v) if isinstance(v, (list, tuple)) else [str(v)])
+    return names
+
+
+class SaveModalityRecordd(MapTransform):
+    """Write a JSON sidecar next to each saved prediction saying which modalities the model saw and which were
+    imputed (NIfTI writers keep no free-form meta data, so the record cannot travel in the image header).
+
+    Place it after ``SaveImaged(..., savepath_in_metadict=True)``: the prediction's ``meta["saved_to"]`` gives
+    the image file, and ``<name>.json`` (the image file name with its ``.nii.gz``/``.nii`` suffix replaced) is
+    written atomically beside it::
+
+        {"case": ..., "modalities_used": [...], "imputed_modalities": [...], "missing_modalities": [...]}
+
+    ``modalities_used`` are the model's input modalities the case has, ``imputed_modalities`` those filled with
+    templates, ``missing_modalities`` every absent one (those not imputed stayed zero: no templates were given).
+
+    Args:
+        keys: the saved prediction key(s).
+        modalities: the model's input modalities, in channel order.
+        image_key: the key of the preprocessed image whose meta data (from :class:`ImputeMissingModalitiesd`)
+            lists the missing and imputed modalities; the prediction's meta data is used when it has no entry.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        modalities: Sequence[str],
+        image_key: str = "image",
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.modalities = canonical_modalities(modalities)
+        self.image_key = image_key
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        from brainmvp_components.datalist import case_id_from_path
+        from brainmvp_components.modalities import strip_nifti_suffix
+        from brainmvp_components.reports import write_json
+
+        d = dict(data)
+        for key in self.key_iterator(d):
+            pred_meta = d[key].meta if isinstance(d[key], MetaTensor) else {}
+            saved = pred_meta.get("saved_to")
+            if not saved:
+                raise ValueError(
+                    f"{key!r} has no 'saved_to' meta data: run SaveImaged with savepath_in_metadict=True before "
+                    f"{type(self).__name__}"
+                )
+            image = d.get(self.image_key)
+            meta = image.meta if isinstance(image, MetaTensor) and "missing_modalities" in image.meta else pred_meta
+            missing = _names(meta.get("missing_modalities"))
+            imputed = _names(meta.get("imputed_modalities"))
+            case = d.get("case") or case_id_from_path(meta.get("filename_or_obj") or saved)
+            record = {
+                "case": str(case),
+                "modalities_used": [m for m in self.modalities if m not in missing],
+                "imputed_modalities": [m for m in self.modalities if m in imputed],
+                "missing_modalities": [m for m in self.modalities if m in missing],
+            }
+            saved = Path(str(saved))
+            write_json(saved.with_name(strip_nifti_suffix(saved) + ".json"), record)
         return d
