@@ -19,13 +19,15 @@ start=$(date +%s)
 stage() { echo; echo "=== [$(( $(date +%s) - start )) s] $*"; }
 
 stage "1/4 embedded cohorts, datalists and previews"
-for spec in "pretrain 8" "brats 10" "adni 16"; do
+# kind, subjects, validation and test fractions (pre-training uses every case)
+for spec in "pretrain 8 0 0" "brats 10 0.2 0.2" "adni 40 0.2 0.2"; do
   set -- $spec
   if [ ! -f "$DATA/$1/datalist.json" ]; then
     python scripts/make_cohort.py --out "$DATA/$1" --kind "$1" --subjects "$2" --seed 0 --spacing 2 --preview
     python scripts/prepare_datalist.py --data-dir "$DATA/$1" --out "$DATA/$1/datalist.json" \
-      --val-fraction 0.2 --test-fraction 0.2 --seed 0
+      --val-fraction "$3" --test-fraction "$4" --seed 0
   fi
+  echo "$1: $(ls -d "$DATA/$1"/*/ | wc -l) cases, previews in $DATA/$1/.previews/"
 done
 
 PRETRAIN=bundles/brainmvp_pretrain
@@ -49,7 +51,7 @@ stage "3/4 segmentation: fine-tune from the pre-trained encoder, then segment he
 run_bundle "$SEG" "['$SEG/configs/train.json','$SEG/configs/quick.json']" \
   --bundle_root "$RUNS/seg" --dataset_dir "$DATA/brats" \
   --pretrained_encoder "$RUNS/pretrain/models/encoder.pt" --templates_dir "$RUNS/pretrain/models/templates" \
-  --max_epochs "${DEMO_SEG_EPOCHS:-12}" --epoch_length 6 --val_interval 6 --spacing "[2.0,2.0,2.0]"
+  --max_epochs "${DEMO_SEG_EPOCHS:-40}" --epoch_length 8 --val_interval 20 --learning_rate 0.001
 python scripts/demo_missing_modality.py prepare --datalist "$DATA/brats/datalist.json" --out "$RUNS/seg/demo" \
   --drop flair --max-cases 2
 for run in all_modalities missing_modalities; do
@@ -64,9 +66,10 @@ echo "predictions and overlays: $RUNS/seg/demo/{all_modalities,missing_modalitie
 stage "4/4 classification: fine-tune the pre-trained encoder (AD vs CN), evaluate on the test split"
 run_bundle "$CLS" "['$CLS/configs/train.json','$CLS/configs/quick.json']" \
   --bundle_root "$RUNS/cls" --dataset_dir "$DATA/adni" --pretrained_encoder "$RUNS/pretrain/models/encoder.pt" \
-  --templates_dir "$RUNS/pretrain/models/templates" --max_epochs "${DEMO_CLS_EPOCHS:-10}" --epoch_length 6 --val_interval 2
+  --templates_dir "$RUNS/pretrain/models/templates" --max_epochs "${DEMO_CLS_EPOCHS:-30}" --epoch_length 12 \
+  --val_interval 5 --learning_rate 0.0005 --roi_size "[48,48,48]" --block_fill_ratio "[0.0,0.2]"
 run_bundle "$CLS" "['$CLS/configs/train.json','$CLS/configs/quick.json','$CLS/configs/evaluate.json']" \
-  --bundle_root "$RUNS/cls" --dataset_dir "$DATA/adni"
+  --bundle_root "$RUNS/cls" --dataset_dir "$DATA/adni" --roi_size "[48,48,48]"
 python - "$RUNS/cls/eval/metrics.json" <<'PY'
 import json, sys
 metrics = json.load(open(sys.argv[1]))
