@@ -35,7 +35,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -45,6 +44,8 @@ import torch.distributed as dist
 from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint
 from torch import nn
+
+from brainmvp_components.reports import atomic_write, write_json
 
 __all__ = [
     "CHECKPOINT_PREFIX",
@@ -79,20 +80,14 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
 
     Readers see either the previous file or the complete new one, never a partial write.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=_TMP_SUFFIX)
-    try:
-        with os.fdopen(fd, "wb") as f:
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600 files; checkpoints are shared like any other output
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+
+    return atomic_write(path, write, suffix=_TMP_SUFFIX)
 
 
 def checkpoint_path(directory: str | os.PathLike, epoch: int, prefix: str = CHECKPOINT_PREFIX) -> Path:
@@ -264,19 +259,24 @@ class BestModelSaver:
     Attach to the validation evaluator (``validate#handlers``). MONAI's evaluator tracks
     ``state.best_metric``/``state.best_metric_epoch``; when the epoch just validated is the new best, the
     network (unwrapped from DDP) is saved to ``path`` through :func:`atomic_torch_save`, and the metric and
-    epoch to ``<path>.json``. That record is read back when the evaluator starts, so a resumed run only
-    replaces the file with a better model than the one it already holds.
+    epoch to ``<path>.json``. With ``resume`` that record is read back when the evaluator starts, so a resumed
+    run only replaces the file with a better model than the one it already holds.
 
     Args:
         network: the network to save.
         path: the output file, e.g. ``models/model.pt``.
+        resume: continue from an earlier run's best metric (pass the same value as :class:`ResumableCheckpoint`'s
+            ``resume``); ``False`` ignores it, so the first validation of a fresh run replaces the file.
         name: logger name; default the engine's logger.
     """
 
-    def __init__(self, network: nn.Module, path: str | os.PathLike, name: str | None = None) -> None:
+    def __init__(
+        self, network: nn.Module, path: str | os.PathLike, resume: bool = True, name: str | None = None
+    ) -> None:
         self.network = network
         self.path = Path(path)
         self.record = self.path.with_name(self.path.name + ".json")
+        self.resume = bool(resume)
         self._name = name
         self.logger = logging.getLogger(name)
 
@@ -288,7 +288,9 @@ class BestModelSaver:
 
     def restore_best(self, engine: Engine) -> None:
         """Seed the evaluator's best metric from an earlier run's record (once per run)."""
-        if getattr(self, "_restored", False) or not self.record.is_file() or not self.path.is_file():
+        if not self.resume or getattr(self, "_restored", False):
+            return
+        if not self.record.is_file() or not self.path.is_file():
             return
         self._restored = True
         record = json.loads(self.record.read_text())
@@ -307,9 +309,7 @@ class BestModelSaver:
             "metric": float(engine.state.best_metric),
             "epoch": int(engine.state.best_metric_epoch),
         }
-        tmp = self.record.with_name(f".{self.record.name}{_TMP_SUFFIX}")
-        tmp.write_text(json.dumps(record, indent=2))
-        os.replace(tmp, self.record)
+        write_json(self.record, record)
         self.logger.info(
             f"saved the best model so far to {self.path} ({record['metric']:.4f}, epoch {record['epoch']})"
         )

@@ -25,14 +25,12 @@ Typical use::
 
 from __future__ import annotations
 
-import csv
 import functools
 import gzip
 import importlib.util
 import io
 import logging
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +42,7 @@ from scipy import ndimage as ndi
 from scipy.spatial.transform import Rotation
 
 from brainmvp_components.atlas import BRATS_ATLAS_AFFINE, BRATS_ATLAS_SHAPE, atlas_grid
+from brainmvp_components.reports import atomic_write, write_csv
 
 __all__ = [
     "COHORT_KINDS",
@@ -731,18 +730,6 @@ def _paste(sub: np.ndarray, placement: _Placement) -> np.ndarray:
 # --------------------------------------------------------------------------------------------------------------
 # Writing
 # --------------------------------------------------------------------------------------------------------------
-def _atomic_write_bytes(data: bytes, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def _write_nifti(array: np.ndarray, affine: np.ndarray, path: Path) -> None:
     """Write a NIfTI-1 file atomically; gzip without a time stamp so the bytes depend only on the data."""
     image = nib.Nifti1Image(array, affine)
@@ -755,16 +742,12 @@ def _write_nifti(array: np.ndarray, affine: np.ndarray, path: Path) -> None:
         with gzip.GzipFile(filename="", mode="wb", compresslevel=6, fileobj=buffer, mtime=0) as gz:
             gz.write(data)
         data = buffer.getvalue()
-    _atomic_write_bytes(data, path)
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
 
 
 def _write_labels_csv(rows: list[dict[str, Any]], path: Path) -> None:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=["case", "label", "diagnosis", "severity"], lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({**row, "severity": f"{row['severity']:.4f}"})
-    _atomic_write_bytes(buffer.getvalue().encode(), path)
+    rows = [{**row, "severity": f"{row['severity']:.4f}"} for row in rows]
+    write_csv(path, rows, ["case", "label", "diagnosis", "severity"])
 
 
 def make_cohort(

@@ -710,8 +710,11 @@ def load_datalist(
             ``1.0`` is the whole split.
 
     Raises:
-        FileNotFoundError: the datalist does not exist.
-        ValueError: the split or label fraction is not in the datalist (the message lists those available).
+        FileNotFoundError: the datalist, or an entry's image or label file, does not exist (the message names
+            the entry).
+        ValueError: the split or label fraction is not in the datalist (the message lists those available), or
+            an entry is malformed (no ``image``, unknown modality names, a name count that differs from the file
+            count; the message names the entry).
     """
     path = Path(path)
     if not path.is_file():
@@ -736,15 +739,14 @@ def load_datalist(
         chosen = set(subsets[key])
         entries = [e for e in entries if e["case"] in chosen]
     root = path.parent.resolve()
-    result = []
-    for entry in entries:
-        entry = dict(entry)
-        images = entry["image"]
-        entry["image"] = str(root / images) if isinstance(images, str) else [str(root / p) for p in images]
+    result = [_checked_entry(entry, number, path, root) for number, entry in enumerate(entries)]
+    for number, entry in enumerate(result):
         for key in ("label", "segmentation"):
-            if isinstance(entry.get(key), str):
-                entry[key] = str(root / entry[key])
-        result.append(entry)
+            if isinstance(entry.get(key), str) and not Path(entry[key]).is_file():
+                raise FileNotFoundError(
+                    f"datalist {path}, {split} entry {number} (case {entry['case']!r}): {key} file {entry[key]} "
+                    "does not exist"
+                )
     return result
 
 
@@ -765,8 +767,8 @@ def case_id_from_path(path) -> str:
     return stem
 
 
-def _inference_entry(entry: Any, number: int, source: Path, root: Path) -> dict:
-    """One inference entry with absolute, existing image paths, a case name and modality names."""
+def _checked_entry(entry: Any, number: int, source: Path, root: Path) -> dict:
+    """A datalist entry with absolute, existing image paths, a case name and known modality names."""
     where = f"datalist {source}, entry {number}"
     if not isinstance(entry, dict) or "image" not in entry:
         raise ValueError(f"{where}: expected an object with an 'image' key, got {entry!r}")
@@ -852,7 +854,7 @@ def inference_cases(
         if not isinstance(content, list) or not content:
             raise ValueError(f"datalist {path} holds no entries")
         root = path.parent.resolve()
-        return [_inference_entry(entry, number, path, root) for number, entry in enumerate(content)]
+        return [_checked_entry(entry, number, path, root) for number, entry in enumerate(content)]
     if dataset_dir is None:
         raise ValueError("give a datalist file or a data set folder of cases")
     if not Path(dataset_dir).is_dir():

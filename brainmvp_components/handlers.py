@@ -41,7 +41,22 @@ def _event(name: str):
         raise ValueError(f"unknown ignite event {name!r}; use e.g. 'completed' or 'epoch_completed'") from err
 
 
-class StateDictExportHandler:
+class _EventHandler:
+    """Base of handlers called on one ignite event (an event name such as ``"completed"``), logging to the
+    engine's logger unless ``name`` names another."""
+
+    def __init__(self, event: str, name: str | None) -> None:
+        self.event = _event(event)
+        self._name = name
+        self.logger = logging.getLogger(name)
+
+    def attach(self, engine: Engine) -> None:
+        if self._name is None:
+            self.logger = engine.logger
+        engine.add_event_handler(self.event, self)
+
+
+class StateDictExportHandler(_EventHandler):
     """Write the plain state dict of each module to ``output_dir/<file name>`` when the engine completes.
 
     The files are what downstream code loads with ``module.load_state_dict(torch.load(path))`` (the MONAI
@@ -67,16 +82,9 @@ class StateDictExportHandler:
         for file_name, module in modules.items():
             if not hasattr(module, "state_dict"):
                 raise TypeError(f"{file_name!r}: {type(module).__name__} has no state_dict")
+        super().__init__(event, name)
         self.output_dir = Path(output_dir)
         self.modules = dict(modules)
-        self.event = _event(event)
-        self._name = name
-        self.logger = logging.getLogger(name)
-
-    def attach(self, engine: Engine) -> None:
-        if self._name is None:
-            self.logger = engine.logger
-        engine.add_event_handler(self.event, self)
 
     def __call__(self, engine: Engine | None = None) -> list[Path]:
         paths = []
@@ -87,7 +95,7 @@ class StateDictExportHandler:
         return paths
 
 
-class TemplateExportHandler:
+class TemplateExportHandler(_EventHandler):
     """Export the distilled modality templates when the engine completes.
 
     Writes ``output_dir/template_<modality>.nii.gz`` for every template (each file atomically, on the templates'
@@ -109,16 +117,9 @@ class TemplateExportHandler:
         templates = getattr(templates, "templates", templates)
         if not hasattr(templates, "export_nifti"):
             raise TypeError(f"expected ModalityTemplates or a model holding .templates, got {type(templates).__name__}")
+        super().__init__(event, name)
         self.templates = templates
         self.output_dir = Path(output_dir)
-        self.event = _event(event)
-        self._name = name
-        self.logger = logging.getLogger(name)
-
-    def attach(self, engine: Engine) -> None:
-        if self._name is None:
-            self.logger = engine.logger
-        engine.add_event_handler(self.event, self)
 
     def __call__(self, engine: Engine | None = None) -> list[Path]:
         paths = self.templates.export_nifti(self.output_dir)

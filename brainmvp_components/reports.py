@@ -11,26 +11,42 @@ import io
 import json
 import os
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_write_text", "write_json", "csv_text", "write_csv"]
+__all__ = ["atomic_write", "atomic_write_text", "write_json", "csv_text", "write_csv"]
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` to ``path`` atomically (parent folders are created); returns the path."""
+def atomic_write(path: str | os.PathLike, write: Callable[[str], object], suffix: str = ".tmp") -> Path:
+    """Create ``path`` atomically: ``write(tmp)`` writes a temporary file ``.<name>.*<suffix>`` in the same folder,
+    which is then renamed over ``path`` (parent folders are created). Returns the path.
+
+    ``suffix`` matters to writers that pick the format by extension (``.nii.gz``, ``.png``). The file is made
+    readable by all (mode 0644) rather than owner-only like a fresh temporary file, as outputs are shared.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w", newline="") as f:
-            f.write(text)
+        write(tmp)
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to ``path`` atomically (parent folders are created); returns the path."""
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", newline="") as f:
+            f.write(text)
+
+    return atomic_write(path, write)
 
 
 def write_json(path: str | os.PathLike, document: Any) -> Path:

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 import warnings
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +34,7 @@ from brainmvp_components.modalities import (
     canonical_modality,
     strip_nifti_suffix,
 )
+from brainmvp_components.reports import atomic_write
 
 __all__ = ["ModalityTemplates"]
 
@@ -273,15 +274,7 @@ class ModalityTemplates(nn.Module):
             path = out / f"{prefix}{name}.nii.gz"
             image = nib.Nifti1Image(np.ascontiguousarray(array, dtype=np.float32), affine)
             image.header.set_data_dtype(np.float32)
-            fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{path.name}.", suffix=".nii.gz")
-            os.close(fd)
-            try:
-                nib.save(image, tmp)
-                os.replace(tmp, path)
-            finally:
-                if os.path.exists(tmp):
-                    os.remove(tmp)
-            paths.append(path)
+            paths.append(atomic_write(path, partial(nib.save, image), suffix=".nii.gz"))
         if montage:
             try:
                 from brainmvp_components.visualisation import save_template_montage

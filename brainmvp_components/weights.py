@@ -19,7 +19,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -28,6 +27,7 @@ import torch
 from torch import nn
 
 from brainmvp_components.atlas import BRATS_ATLAS_AFFINE, BRATS_ATLAS_SHAPE
+from brainmvp_components.checkpoints import atomic_torch_save
 from brainmvp_components.modalities import CANONICAL_MODALITIES, OFFICIAL_TEMPLATE_ORDER
 from brainmvp_components.networks.pretrain import BrainMVPPretrainModel, PretrainDecoder
 from brainmvp_components.networks.uniformer import UniFormer3D
@@ -60,19 +60,6 @@ _HEAD_PREFIXES = ("decoder.out.", "ms_out.")
 
 class CheckpointFormatError(ValueError):
     """A weights file is unreadable, or is not in the format the caller asked for; the message names the file."""
-
-
-def _atomic_torch_save(obj, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
 
 
 def _strip_module(key: str) -> str:
@@ -289,8 +276,8 @@ def convert_official_checkpoint(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = {
-        "encoder": _atomic_torch_save(model.encoder.state_dict(), out / "encoder.pt"),
-        "model": _atomic_torch_save(model.state_dict(), out / "model.pt"),
+        "encoder": atomic_torch_save(model.encoder.state_dict(), out / "encoder.pt"),
+        "model": atomic_torch_save(model.state_dict(), out / "model.pt"),
     }
     template_paths = model.templates.export_nifti(out / "templates")
     for modality, template_path in zip(model.templates.modalities, template_paths):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -10,6 +12,7 @@ from monai.data import MetaTensor, list_data_collate
 
 from brainmvp_components.atlas import atlas_grid
 from brainmvp_components.checkpoints import (
+    BestModelSaver,
     ResumableCheckpoint,
     atomic_torch_save,
     checkpoint_path,
@@ -280,3 +283,28 @@ def test_resume_false_starts_over(tmp_path):
     trainer.run()
     assert [e for e, _ in list_checkpoints(tmp_path)] == [1]
     assert np.isclose(torch.load(checkpoint_path(tmp_path, 1), weights_only=True)["trainer"]["iteration"], 1)
+
+
+def test_best_model_saver_keeps_the_best_of_a_resumed_run_only(tmp_path):
+    from ignite.engine import Engine
+
+    network = torch.nn.Linear(2, 1)
+    path = tmp_path / "model.pt"
+
+    def validate(resume: bool, metric: float) -> Engine:
+        engine = Engine(lambda e, b: None)
+        engine.state.best_metric, engine.state.best_metric_epoch = -1.0, -1
+        saver = BestModelSaver(network, path, resume=resume)
+        saver.restore_best(engine)
+        if metric > engine.state.best_metric:  # what MONAI's evaluator does when the key metric improves
+            engine.state.best_metric, engine.state.best_metric_epoch = metric, 1
+        engine.state.epoch = 1
+        saver.save_if_best(engine)
+        return engine
+
+    validate(resume=True, metric=0.9)
+    assert path.is_file() and json.loads((tmp_path / "model.pt.json").read_text())["metric"] == 0.9
+    assert validate(resume=True, metric=0.5).state.best_metric == 0.9  # the earlier best is kept
+    assert json.loads((tmp_path / "model.pt.json").read_text())["metric"] == 0.9
+    validate(resume=False, metric=0.5)  # a fresh run replaces the earlier run's model
+    assert json.loads((tmp_path / "model.pt.json").read_text())["metric"] == 0.5

@@ -11,8 +11,9 @@ import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import LoadImage, MapTransform, Transform
+from monai.utils import TransformBackends
 
-from brainmvp_components.modalities import CANONICAL_MODALITIES, canonical_modalities
+from brainmvp_components.modalities import CANONICAL_MODALITIES, UnknownModalityError, canonical_modalities
 
 __all__ = ["CaseLoadError", "LoadModalities", "LoadModalitiesd"]
 
@@ -48,9 +49,12 @@ class LoadModalities(Transform):
         modalities that were absent (zero channels).
 
     Raises:
+        UnknownModalityError: a name in ``names`` is not a known modality (the message names the case).
         CaseLoadError: unreadable file, wrong dimensionality, channels on different grids, a 4-D file whose
             channel count differs from ``names``, or (without ``allow_missing``) an absent modality.
     """
+
+    backend = [TransformBackends.TORCH]
 
     def __init__(self, modalities: Sequence[str] | None = None, allow_missing: bool = False, reader=None) -> None:
         self.modalities = None if modalities is None else canonical_modalities(modalities)
@@ -67,8 +71,13 @@ class LoadModalities(Transform):
         return img
 
     def __call__(self, image: str | Path | Sequence[str | Path], names: Sequence[str], case: str | None = None):
-        names = canonical_modalities(names)
         case = case or _case_name(image)
+        try:
+            names = canonical_modalities(names)
+        except UnknownModalityError as err:
+            raise UnknownModalityError(f"case {case}: {err}") from err
+        except ValueError as err:
+            raise CaseLoadError(f"case {case}: {err}") from err
         if isinstance(image, (str, Path)):
             volume = self._read(image, case)
             if volume.shape[0] != len(names):
@@ -133,6 +142,8 @@ class LoadModalitiesd(MapTransform):
         default_modalities: channel names used when ``data`` has no ``modalities_key`` (e.g. MONAI Label's
             ``{"image": path}`` items, whose channels follow the bundle's configured order).
     """
+
+    backend = LoadModalities.backend
 
     def __init__(
         self,
