@@ -173,3 +173,26 @@ def test_check_properties_and_metadata(workspace):
     for name in ("train.json", "inference.json"):
         config = json.loads((CONFIGS / name).read_text())
         assert [channel_def[str(i)] for i in range(len(channel_def))] == config["class_names"]
+
+
+@pytest.mark.slow
+def test_multi_gpu_config_on_cpu(workspace, tmp_path, subprocess_env, repo_root):
+    """`multi_gpu_train.json` under torchrun with two CPU processes (gloo): one model, saved once, unwrapped."""
+    import sys
+
+    bundle = tmp_path / "ddp"
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+        "-m", "monai.bundle", "run",
+        "--config_file", _configs("train.json", "multi_gpu_train.json", "quick.json"),
+        "--meta_file", str(CONFIGS / "metadata.json"),
+        "--bundle_root", str(bundle), "--dataset_dir", str(workspace["data"]),
+        "--max_epochs", "1", "--epoch_length", "2", "--val_interval", "1",
+    ]  # fmt: skip
+    result = subprocess.run(command, cwd=repo_root, env=subprocess_env, capture_output=True, text=True, timeout=600)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-5000:]
+    state = torch.load(bundle / "models" / "model.pt", map_location="cpu", weights_only=True)
+    assert not any(key.startswith("module.") for key in state)
+    BrainMVPClassifier(uniformer_tiny(in_channels=1), num_classes=2).load_state_dict(state)
+    assert output.count("val_auc") >= 1
