@@ -41,8 +41,8 @@ run_bundle() {  # run_bundle BUNDLE_DIR "config files" ARGS...
 
 stage "2/4 pre-training (quick settings: tiny UniFormer, 32^3 crops at 2 mm)"
 run_bundle "$PRETRAIN" "['$PRETRAIN/configs/train.json','$PRETRAIN/configs/quick.json']" \
-  --bundle_root "$RUNS/pretrain" --dataset_dir "$DATA/pretrain" --epochs "${DEMO_PRETRAIN_EPOCHS:-4}" \
-  --template_warmup_epochs 1 --contrastive_start_epoch 2 --preview_interval 2
+  --bundle_root "$RUNS/pretrain" --dataset_dir "$DATA/pretrain" --epochs "${DEMO_PRETRAIN_EPOCHS:-20}" --learning_rate 0.002 \
+  --template_warmup_epochs 5 --contrastive_start_epoch 10 --preview_interval 10
 echo "encoder: $RUNS/pretrain/models/encoder.pt"
 echo "distilled templates: $RUNS/pretrain/models/templates/ (templates.png)"
 echo "reconstruction previews: $RUNS/pretrain/eval/previews/"

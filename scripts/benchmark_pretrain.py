@@ -1,0 +1,502 @@
+"""Benchmark the BrainMVP pre-training building blocks and one full training step.
+
+Two parts, each printed as a table:
+
+1. ``masking``: block masking and filling of a batch, the vectorised implementation
+   (:func:`brainmvp_components.masking.random_block_mask` + :func:`~brainmvp_components.masking.fill_masked`)
+   against a straightforward per-sample, per-block Python loop, timed side by side in one run, with a check that
+   both keep the same fraction of blocks and fill the same way.
+2. ``step``: one full pre-training step (two masked views per single-modality target through the network, the
+   two MSE reconstruction terms, InfoNCE, backward, AdamW step) per precision, for two variants side by side:
+   ``baseline`` (what a straightforward research implementation does: per-block Python-loop masking, the two views
+   as two separate forward passes, the default AdamW, no checkpointing) and ``ours`` (the engine's
+   :func:`~brainmvp_components.engines.pretrain.compute_pretrain_losses`: vectorised masking, both views in one
+   forward, fused AdamW, optional checkpointing). Reported: wall time, peak memory, the ratios, and achieved
+   FLOP/s against this machine's measured matmul peak. FLOPs are the network's forward counted on meta tensors
+   (cross-checked by a per-module hand count) times 3 for forward + backward. Each variant runs in a fresh
+   subprocess so its peak resident memory (``ru_maxrss``) is its own; on CUDA ``torch.cuda.max_memory_allocated``
+   is used.
+
+Examples::
+
+    python scripts/benchmark_pretrain.py --part masking
+    python scripts/benchmark_pretrain.py --part step --preset tiny --roi 64 --batch 1 --modalities 2
+    python scripts/benchmark_pretrain.py --part step --preset small --roi 96 --batch 2 --modalities 4 \\
+        --precision bf16 --use-checkpoint --variants ours --steps 0 --rss-limit-gb 20
+
+On CPU the vectorised fill is bound by page-faulting its fresh output; ``THP_MEM_ALLOC_ENABLE=1`` in the environment
+(PyTorch's transparent-huge-page CPU allocation) reduces that for both sides of the masking comparison.
+Results and the exact commands used are recorded in ``docs/benchmarks.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import torch
+
+from brainmvp_components.masking import block_grid, fill_masked, num_kept_blocks, random_block_mask
+
+GIB = 1024**3
+RESULT_TAG = "BENCHMARK_RESULT "
+
+
+# ---------------------------------------------------------------------------------------------- masking
+def naive_mask_and_fill(
+    x: torch.Tensor, fill: torch.Tensor, block_size: int, mask_ratio: float, rng: np.random.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The per-sample, per-block loop that research code typically writes (the baseline being measured).
+
+    For every volume a random permutation of the blocks is drawn, and each block past the kept ones is masked
+    and filled by slice assignment. ``x`` and ``fill``: ``(N, 1, H, W, D)``.
+    """
+    out = x.clone()
+    mask = torch.zeros(x.shape, dtype=torch.bool)
+    grid = block_grid(x.shape[2:], block_size)
+    num_blocks = grid[0] * grid[1] * grid[2]
+    keep = num_kept_blocks(num_blocks, mask_ratio)
+    for n in range(x.shape[0]):
+        order = rng.permutation(num_blocks)
+        for block in order[keep:]:
+            i, j, k = np.unravel_index(block, grid)
+            region = (
+                n,
+                slice(None),
+                slice(i * block_size, (i + 1) * block_size),
+                slice(j * block_size, (j + 1) * block_size),
+                slice(k * block_size, (k + 1) * block_size),
+            )
+            out[region] = fill[region]
+            mask[region] = True
+    return out, mask
+
+
+def vectorised_mask_and_fill(
+    x: torch.Tensor, fill: torch.Tensor, block_size: int, mask_ratio: float, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The library path: one batched random permutation, one ``torch.where``."""
+    mask = random_block_mask(x.shape[0], x.shape[2:], block_size, mask_ratio, generator=generator, device=x.device)
+    return fill_masked(x, mask, fill), mask
+
+
+def _best_time(fn, repeats: int) -> float:
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def benchmark_masking(args: argparse.Namespace) -> dict:
+    roi = (args.mask_roi,) * 3
+    volumes = args.mask_batch * args.mask_modalities
+    generator = torch.Generator().manual_seed(0)
+    x = torch.rand(volumes, 1, *roi, generator=generator)
+    fill = torch.rand(volumes, 1, *roi, generator=generator)
+    rng = np.random.default_rng(0)
+
+    vectorised_mask_and_fill(x, fill, args.block_size, args.mask_ratio, generator)  # warm-up
+    t_vec = _best_time(lambda: vectorised_mask_and_fill(x, fill, args.block_size, args.mask_ratio, generator), 5)
+    t_loop = _best_time(lambda: naive_mask_and_fill(x, fill, args.block_size, args.mask_ratio, rng), args.loop_repeats)
+
+    out_vec, mask_vec = vectorised_mask_and_fill(x, fill, args.block_size, args.mask_ratio, generator)
+    out_loop, mask_loop = naive_mask_and_fill(x, fill, args.block_size, args.mask_ratio, rng)
+    kept_vec = (~mask_vec).flatten(1).float().mean(1)
+    kept_loop = (~mask_loop).flatten(1).float().mean(1)
+    grid = block_grid(roi, args.block_size)
+    expected = num_kept_blocks(math.prod(grid), args.mask_ratio) / math.prod(grid)
+    same_fraction = bool(torch.allclose(kept_vec, kept_loop) and torch.allclose(kept_vec, torch.tensor(expected)))
+    same_fill = bool(torch.equal(out_loop, fill_masked(x, mask_loop, fill)))
+    return {
+        "volumes": f"{args.mask_batch} x {args.mask_modalities} x {args.mask_roi}^3",
+        "blocks": f"{args.block_size}^3, r = {args.mask_ratio}",
+        "loop_s": t_loop,
+        "vectorised_s": t_vec,
+        "speedup": t_loop / t_vec,
+        "kept_fraction": expected,
+        "same_kept_fraction": same_fraction,
+        "same_fill_rule": same_fill and bool(torch.equal(out_vec, torch.where(mask_vec, fill, x))),
+    }
+
+
+def print_masking(result: dict) -> None:
+    print("\n## Block masking and filling (best of repeated runs)\n")
+    print("| volumes | blocks | per-block loop (s) | vectorised (s) | speed-up | kept fraction | both agree |")
+    print("|---|---|---|---|---|---|---|")
+    agree = "yes" if result["same_kept_fraction"] and result["same_fill_rule"] else "NO"
+    print(
+        f"| {result['volumes']} | {result['blocks']} | {result['loop_s']:.3f} | {result['vectorised_s']:.4f} | "
+        f"{result['speedup']:.1f}x | {result['kept_fraction']:.4f} | {agree} |"
+    )
+
+
+# ---------------------------------------------------------------------------------------------- peak
+def measure_matmul_peak(device: torch.device, size: int) -> dict[str, float]:
+    """Best-of-3 GFLOP/s of a ``size x size`` matmul in fp32 and bf16 on ``device``."""
+    peaks = {}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        a = torch.randn(size, size, device=device, dtype=dtype)
+        b = torch.randn(size, size, device=device, dtype=dtype)
+
+        def run(a=a, b=b):
+            a @ b
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+
+        run()
+        peaks[name] = 2 * size**3 / _best_time(run, 3) / 1e9
+    return peaks
+
+
+# ---------------------------------------------------------------------------------------------- FLOPs
+def count_forward_gflop(preset: str, roi: int) -> dict[str, float]:
+    """Forward GFLOP of the pre-training network on one single-channel ``roi^3`` view, counted two ways.
+
+    ``counter``: :class:`torch.utils.flop_counter.FlopCounterMode` over a forward on meta tensors (no data, no
+    time; on meta, attention decomposes into two batched matmuls, which the counter sees, whereas the CPU
+    flash-attention kernel is not counted on real tensors). ``hand``: per-module formulas from forward hooks:
+    ``2 x outputs x in_channels / groups x kernel volume`` per convolution (transposed: per input), ``2 x outputs x
+    in_features`` per linear layer, ``4 x N^2 x C`` per self-attention (``q k^T`` and ``attn v``). Counting the
+    backward with the counter over-counts grouped 3-D convolutions, so the step is reported by the usual
+    convention, ``3 x forward`` (grad-input and grad-weight each cost one forward).
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from brainmvp_components.networks.pretrain import brainmvp_pretrain_model
+
+    model = brainmvp_pretrain_model(preset).to("meta").train()
+    x = torch.empty(1, 1, roi, roi, roi, device="meta")
+    hand = [0]
+
+    def hook(module, inputs, output):
+        if isinstance(module, torch.nn.ConvTranspose3d):
+            hand[0] += 2 * inputs[0].numel() * module.out_channels // module.groups * math.prod(module.kernel_size)
+        elif isinstance(module, torch.nn.Conv3d):
+            hand[0] += 2 * output.numel() * module.in_channels // module.groups * math.prod(module.kernel_size)
+        elif isinstance(module, torch.nn.Linear):
+            hand[0] += 2 * output.numel() * module.in_features
+        elif type(module).__name__ == "MultiHeadSelfAttention":
+            b, n, c = inputs[0].shape
+            hand[0] += 4 * b * n * n * c
+
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(x)
+    handles = [m.register_forward_hook(hook) for m in model.modules()]
+    with torch.no_grad():
+        model(x)
+    for h in handles:
+        h.remove()
+    return {"counter": counter.get_total_flops() / 1e9, "hand": hand[0] / 1e9}
+
+
+# ---------------------------------------------------------------------------------------------- step
+def loop_block_mask(
+    n: int, roi: tuple[int, ...], block_size: int, mask_ratio: float, rng: np.random.Generator
+) -> torch.Tensor:
+    """Baseline mask: per volume a random permutation of the blocks, one slice assignment per masked block."""
+    mask = torch.zeros(n, 1, *roi)
+    grid = block_grid(roi, block_size)
+    num_blocks = math.prod(grid)
+    keep = num_kept_blocks(num_blocks, mask_ratio)
+    for v in range(n):
+        for block in rng.permutation(num_blocks)[keep:]:
+            i, j, k = np.unravel_index(block, grid)
+            mask[
+                v,
+                :,
+                i * block_size : (i + 1) * block_size,
+                j * block_size : (j + 1) * block_size,
+                k * block_size : (k + 1) * block_size,
+            ] = 1.0
+    return mask
+
+
+def baseline_losses(
+    network,
+    images,
+    modality_index,
+    partner,
+    affine,
+    *,
+    mask_ratio,
+    block_size,
+    contrastive_loss,
+    rng,
+    md_weight=10.0,
+    cmr_weight=1.0,
+    cl_weight=1.0,
+):
+    """The same losses as the engine, written the straightforward way (the baseline being measured).
+
+    A per-volume, per-block Python loop builds the mask, each view is ``x * (1 - m) + fill * m``, and the two views
+    go through the network as two separate forward passes.
+    """
+    batch, k = images.shape[:2]
+    roi = tuple(images.shape[2:])
+    n = batch * k
+    target = images.reshape(n, 1, *roi)
+    templates = network.templates
+    fill_a = templates.crop(templates.indices_for(modality_index.reshape(-1)), affine.repeat_interleave(k, 0), roi)
+    own = torch.arange(n, device=images.device).view(batch, k)
+    partner_rows = torch.where(partner >= 0, partner + own[:, :1], own).reshape(-1)
+    fill_b = torch.where((partner < 0).reshape(n, 1, 1, 1, 1), fill_a, target[partner_rows])
+    mask = loop_block_mask(n, roi, block_size, mask_ratio, rng).to(images.device)
+    rec_a, features_a = network(target * (1 - mask) + fill_a * mask)
+    rec_b, features_b = network(target * (1 - mask) + fill_b * mask)
+    loss_md = torch.nn.functional.mse_loss(rec_a.float(), target)
+    loss_cmr = torch.nn.functional.mse_loss(rec_b.float(), target)
+    loss_cl = contrastive_loss(features_a.float(), features_b.float())
+    return {"loss": md_weight * loss_md + cmr_weight * loss_cmr + cl_weight * loss_cl}
+
+
+def _rss_watchdog(limit_gib: float) -> None:
+    """Abort this process when its resident memory exceeds ``limit_gib`` (the machine is shared)."""
+    page = os.sysconf("SC_PAGE_SIZE")
+
+    def watch():
+        while True:
+            with open("/proc/self/statm") as f:
+                rss = int(f.read().split()[1]) * page
+            if rss > limit_gib * GIB:
+                print(f"{RESULT_TAG}{json.dumps({'error': f'resident memory above {limit_gib} GiB, aborted'})}")
+                sys.stdout.flush()
+                os._exit(3)
+            time.sleep(0.1)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def _max_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kB on Linux
+
+
+def run_step(cfg: dict) -> dict:
+    """One variant of the step benchmark (runs inside a fresh subprocess)."""
+    from brainmvp_components.atlas import BRATS_ATLAS_AFFINE, BRATS_ATLAS_SHAPE
+    from brainmvp_components.engines.pretrain import compute_pretrain_losses
+    from brainmvp_components.losses.contrastive import InfoNCELoss
+    from brainmvp_components.networks.pretrain import brainmvp_pretrain_model
+
+    if cfg["threads"]:
+        torch.set_num_threads(cfg["threads"])
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cpu":
+        _rss_watchdog(cfg["rss_limit_gb"])
+    ours = cfg["variant"] == "ours"
+    torch.manual_seed(0)
+    model = brainmvp_pretrain_model(cfg["preset"], use_checkpoint=cfg["use_checkpoint"]).to(device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=1e-5, fused=True if ours else None)
+    contrastive = InfoNCELoss(temperature=1.0)
+
+    batch, k, side = cfg["batch"], cfg["modalities"], cfg["roi"]
+    roi = (side,) * 3
+    generator = torch.Generator().manual_seed(0)
+    rng = np.random.default_rng(0)
+    images = torch.rand(batch, k, *roi, generator=generator).to(device)
+    modality_index = (torch.arange(k) % 4).repeat(batch, 1).to(device)  # t1, t1c, t2, flair, ...
+    partner = ((torch.arange(k) + 1) % k if k > 1 else torch.full((1,), -1)).repeat(batch, 1).to(device)
+    # crops at random voxel offsets inside the atlas grid (the templates' grid)
+    room = torch.tensor([max(n - side, 1) for n in BRATS_ATLAS_SHAPE], dtype=torch.float64)
+    offsets = (torch.rand(batch, 3, generator=generator, dtype=torch.float64) * room).floor()
+    affine = torch.as_tensor(BRATS_ATLAS_AFFINE).repeat(batch, 1, 1)
+    affine[:, :3, 3] += (affine[:, :3, :3] @ offsets[..., None])[..., 0]
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg["precision"] == "bf16")
+    common = {"mask_ratio": 0.8, "block_size": 8, "contrastive_loss": contrastive}
+
+    def losses():
+        if ours:
+            return compute_pretrain_losses(
+                model, images, modality_index, partner, affine, generator=generator, **common
+            )
+        return baseline_losses(model, images, modality_index, partner, affine, rng=rng, **common)
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def step() -> tuple[float, list[float]]:
+        """One training step: ``(loss, [forward + losses, backward, optimizer] seconds)``."""
+        marks = [time.perf_counter()]
+        optimizer.zero_grad(set_to_none=True)
+        with autocast:
+            loss = losses()["loss"]
+        sync()
+        marks.append(time.perf_counter())
+        loss.backward()
+        sync()
+        marks.append(time.perf_counter())
+        optimizer.step()
+        sync()
+        marks.append(time.perf_counter())
+        return float(loss.detach()), [b - a for a, b in zip(marks[:-1], marks[1:])]
+
+    baseline = _max_rss_bytes()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        baseline = torch.cuda.memory_allocated()
+    first = step()
+    timed = [step() for _ in range(cfg["steps"])] or [first]  # --steps 0: time the first step itself
+    loss, phases = min(timed, key=lambda t: sum(t[1]))
+    peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else _max_rss_bytes()
+    return {
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu x {torch.get_num_threads()}",
+        "memory_kind": "cuda max allocated" if device.type == "cuda" else "process max RSS",
+        "step_s": sum(phases),
+        "phases_s": phases,
+        "peak_gib": peak / GIB,
+        "delta_gib": (peak - baseline) / GIB,
+        "loss": loss,
+        "parameters_m": sum(p.numel() for n, p in model.named_parameters() if not n.startswith("templates")) / 1e6,
+    }
+
+
+def benchmark_steps(args: argparse.Namespace) -> list[dict]:
+    results = []
+    for precision in args.precision:
+        for variant in args.variants:
+            cfg = {
+                "variant": variant,
+                "preset": args.preset,
+                "roi": args.roi,
+                "batch": args.batch,
+                "modalities": args.modalities,
+                "precision": precision,
+                "use_checkpoint": args.use_checkpoint and variant == "ours",
+                "steps": args.steps,
+                "threads": args.threads,
+                "rss_limit_gb": args.rss_limit_gb,
+            }
+            print(f"running step benchmark: {json.dumps(cfg)}", flush=True)
+            proc = subprocess.run(
+                [sys.executable, os.path.abspath(__file__), "--step-child", json.dumps(cfg)],
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            lines = [line for line in proc.stdout.splitlines() if line.startswith(RESULT_TAG)]
+            if not lines:
+                results.append({**cfg, "error": f"subprocess exited with {proc.returncode} without a result"})
+                continue
+            results.append({**cfg, **json.loads(lines[-1][len(RESULT_TAG) :])})
+    return results
+
+
+def print_steps(args: argparse.Namespace, results: list[dict], peaks: dict[str, float], flops: dict) -> None:
+    views = 2 * args.batch * args.modalities
+    step_gflop = 3 * flops["counter"] * views
+    print(
+        f"\n## Pre-training step: {args.preset} preset, {args.roi}^3, {args.batch} cases x {args.modalities} "
+        f"modalities = {views} views\n"
+    )
+    print(
+        f"forward per view: {flops['counter']:.1f} GFLOP (FlopCounterMode), {flops['hand']:.1f} GFLOP (hand count); "
+        f"step = 3 x forward x {views} views = {step_gflop / 1e3:.2f} TFLOP (recomputation not counted); at the "
+        f"measured matmul peak that is at least {step_gflop / peaks['fp32']:.1f} s fp32, "
+        f"{step_gflop / peaks['bf16']:.1f} s bf16\n"
+    )
+    print(
+        "| variant | precision | checkpointing | AdamW | step (s) | forward / backward / optimizer (s) "
+        "| peak memory (GiB) | over pre-step state (GiB) | GFLOP/s | % of matmul peak |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in results:
+        head = (
+            f"| {r['variant']} | {r['precision']} | {'on' if r['use_checkpoint'] else 'off'} | "
+            f"{'fused' if r['variant'] == 'ours' else 'default'} |"
+        )
+        if "error" in r:
+            print(f"{head} {r['error']} | | | | | |")
+            continue
+        achieved = step_gflop / r["step_s"]
+        phases = " / ".join(f"{t:.2f}" for t in r["phases_s"])
+        print(
+            f"{head} {r['step_s']:.2f} | {phases} | {r['peak_gib']:.2f} | {r['delta_gib']:.2f} | {achieved:.1f} | "
+            f"{100 * achieved / peaks[r['precision']]:.0f}% |"
+        )
+    done = {(r["variant"], r["precision"]): r for r in results if "error" not in r}
+    for precision in args.precision:
+        base, ours = done.get(("baseline", precision)), done.get(("ours", precision))
+        if base and ours:
+            print(
+                f"\nbaseline / ours, {precision}: step time {base['step_s'] / ours['step_s']:.2f}x, "
+                f"peak memory {base['peak_gib'] / ours['peak_gib']:.2f}x, "
+                f"growth over pre-step state {base['delta_gib'] / ours['delta_gib']:.2f}x"
+            )
+    if done:
+        first = next(iter(done.values()))
+        print(
+            f"\ndevice {first['device']}; memory = {first['memory_kind']}; "
+            f"network {first['parameters_m']:.1f} M parameters (+ templates)"
+        )
+
+
+# ---------------------------------------------------------------------------------------------- main
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--part", choices=("masking", "step", "all"), default="all")
+    group = parser.add_argument_group("masking")
+    group.add_argument("--mask-batch", type=int, default=4, help="cases")
+    group.add_argument("--mask-modalities", type=int, default=4, help="single-modality volumes per case")
+    group.add_argument("--mask-roi", type=int, default=96, help="crop side")
+    group.add_argument("--block-size", type=int, default=8)
+    group.add_argument("--mask-ratio", type=float, default=0.8)
+    group.add_argument("--loop-repeats", type=int, default=2, help="timed runs of the per-block loop (best kept)")
+    group = parser.add_argument_group("training step")
+    group.add_argument("--preset", choices=("small", "tiny"), default="small", help="UniFormer size")
+    group.add_argument("--roi", type=int, default=96, help="crop side")
+    group.add_argument("--batch", type=int, default=2, help="cases per step")
+    group.add_argument("--modalities", type=int, default=4, help="single-modality targets per case")
+    group.add_argument("--precision", nargs="+", choices=("fp32", "bf16"), default=["fp32", "bf16"])
+    group.add_argument(
+        "--use-checkpoint", action="store_true", help="activation checkpointing in the encoder (ours only)"
+    )
+    group.add_argument(
+        "--steps",
+        type=int,
+        default=1,
+        help="timed steps after a warm-up step (0: time the first step itself, for heavy configurations)",
+    )
+    group.add_argument(
+        "--variants",
+        nargs="+",
+        choices=("baseline", "ours"),
+        default=["baseline", "ours"],
+        help="baseline: per-block loop masking, two forward passes, default AdamW, no checkpointing; "
+        "ours: the engine's step, fused AdamW",
+    )
+    group.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    group.add_argument("--rss-limit-gb", type=float, default=14.0, help="abort a CPU configuration above this RSS")
+    group.add_argument("--peak-size", type=int, default=4096, help="matmul side for the peak measurement")
+    parser.add_argument("--step-child", help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    if args.step_child:
+        print(RESULT_TAG + json.dumps(run_step(json.loads(args.step_child))), flush=True)
+        return
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, command: {' '.join(sys.argv)}")
+    if args.part in ("masking", "all"):
+        print_masking(benchmark_masking(args))
+    if args.part in ("step", "all"):
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        peaks = measure_matmul_peak(device, args.peak_size)
+        print(f"\nmatmul peak ({args.peak_size}^2): fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s")
+        flops = count_forward_gflop(args.preset, args.roi)
+        print_steps(args, benchmark_steps(args), peaks, flops)
+
+
+if __name__ == "__main__":
+    main()
