@@ -66,8 +66,8 @@ echo "predictions and overlays: $RUNS/seg/demo/{all_modalities,missing_modalitie
 stage "4/4 classification: fine-tune the pre-trained encoder (AD vs CN), evaluate on the test split"
 run_bundle "$CLS" "['$CLS/configs/train.json','$CLS/configs/quick.json']" \
   --bundle_root "$RUNS/cls" --dataset_dir "$DATA/adni" --pretrained_encoder "$RUNS/pretrain/models/encoder.pt" \
-  --templates_dir "$RUNS/pretrain/models/templates" --max_epochs "${DEMO_CLS_EPOCHS:-30}" --epoch_length 12 \
-  --val_interval 5 --learning_rate 0.0005 --roi_size "[48,48,48]" --block_fill_ratio "[0.0,0.2]"
+  --templates_dir "$RUNS/pretrain/models/templates" --max_epochs "${DEMO_CLS_EPOCHS:-60}" --epoch_length 12 \
+  --val_interval 10 --learning_rate 0.001 --roi_size "[48,48,48]" --block_fill_ratio "[0.0,0.2]"
 run_bundle "$CLS" "['$CLS/configs/train.json','$CLS/configs/quick.json','$CLS/configs/evaluate.json']" \
   --bundle_root "$RUNS/cls" --dataset_dir "$DATA/adni" --roi_size "[48,48,48]"
 python - "$RUNS/cls/eval/metrics.json" <<'PY'
