@@ -55,10 +55,8 @@ run_bundle "$SEG" "['$SEG/configs/train.json','$SEG/configs/quick.json']" \
 python scripts/demo_missing_modality.py prepare --datalist "$DATA/brats/datalist.json" --out "$RUNS/seg/demo" \
   --drop flair --max-cases 2
 for run in all_modalities missing_modalities; do
-  run_bundle "$SEG" "$SEG/configs/inference.json" --bundle_root "$RUNS/seg" \
-    --datalist "$RUNS/seg/demo/$run.json" --output_dir "$RUNS/seg/demo/$run" --save_overlay true \
-    --spacing "[2.0,2.0,2.0]" --roi_size "[32,32,32]" \
-    --network_def#encoder#_target_ brainmvp_components.networks.uniformer_tiny
+  run_bundle "$SEG" "['$SEG/configs/inference.json','$SEG/configs/quick.json']" --bundle_root "$RUNS/seg" \
+    --datalist "$RUNS/seg/demo/$run.json" --output_dir "$RUNS/seg/demo/$run" --save_overlay true
 done
 python scripts/demo_missing_modality.py report --datalist "$DATA/brats/datalist.json" --out "$RUNS/seg/demo"
 echo "predictions and overlays: $RUNS/seg/demo/{all_modalities,missing_modalities}/"
