@@ -42,6 +42,7 @@ from scipy import ndimage as ndi
 from scipy.spatial.transform import Rotation
 
 from brainmvp_components.atlas import BRATS_ATLAS_AFFINE, BRATS_ATLAS_SHAPE, atlas_grid
+from brainmvp_components.brats import BRATS_CONVENTIONS, NECROSIS_LABEL, OEDEMA_LABEL
 from brainmvp_components.reports import atomic_write, write_csv
 
 __all__ = [
@@ -73,7 +74,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 COHORT_KINDS: tuple[str, ...] = ("pretrain", "brats", "adni")
-LABEL_CONVENTIONS: tuple[str, ...] = ("brats2021", "brats2023")
+LABEL_CONVENTIONS: tuple[str, ...] = tuple(BRATS_CONVENTIONS)
 COHORT_MODALITIES: tuple[str, ...] = ("t1", "t1c", "t2", "flair", "pd")
 """Canonical names of the contrasts the cohort can synthesise."""
 
@@ -90,8 +91,8 @@ _FILE_SUFFIX = {
     "brats2023": {"t1": "t1n", "t1c": "t1c", "t2": "t2w", "flair": "t2f", "pd": "pd"},
 }
 _LABEL_VALUES = {
-    "brats2021": {"necrosis": 1, "oedema": 2, "enhancing": 4},
-    "brats2023": {"necrosis": 1, "oedema": 2, "enhancing": 3},
+    name: {"necrosis": NECROSIS_LABEL, "oedema": OEDEMA_LABEL, "enhancing": enhancing}
+    for name, enhancing in BRATS_CONVENTIONS.items()
 }
 _ADNI_DIAGNOSES = ("CN", "AD")
 

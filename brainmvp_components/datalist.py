@@ -30,6 +30,7 @@ from nibabel.filebasedimages import ImageFileError
 from nibabel.spatialimages import HeaderDataError
 from nibabel.wrapstruct import WrapStructError
 
+from brainmvp_components.brats import BRATS_CONVENTIONS, label_set
 from brainmvp_components.modalities import (
     CANONICAL_MODALITIES,
     canonical_modalities,
@@ -75,7 +76,7 @@ SPLITS: tuple[str, ...] = ("training", "validation", "test")
 DEFAULT_LABEL_FRACTIONS: tuple[float, ...] = (0.2, 0.4, 0.6, 0.8)
 """Label fractions of the training split stored as nested subsets by default."""
 
-BRATS_LABEL_CONVENTIONS: dict[str, tuple[int, ...]] = {"brats2021": (0, 1, 2, 4), "brats2023": (0, 1, 2, 3)}
+BRATS_LABEL_CONVENTIONS: dict[str, tuple[int, ...]] = {name: label_set(name) for name in BRATS_CONVENTIONS}
 """Segmentation label sets accepted by default: BraTS 2018-2021 (enhancing = 4) and BraTS 2023 (enhancing = 3)."""
 
 NIFTI_SUFFIXES: tuple[str, ...] = (".nii.gz", ".nii")

@@ -33,6 +33,7 @@ from monai.metrics import CumulativeIterationMetric, DiceMetric
 from monai.metrics.utils import get_edge_surface_distance
 from monai.utils import MetricReduction
 
+from brainmvp_components.brats import REGION_NAMES
 from brainmvp_components.datalist import case_id_from_path
 from brainmvp_components.reports import write_csv, write_json
 
@@ -55,7 +56,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-REGIONS: tuple[str, ...] = ("TC", "WT", "ET")
+REGIONS: tuple[str, ...] = REGION_NAMES
 """BraTS evaluation regions, in the order of the network's output channels."""
 
 BRATS_EMPTY_HD95 = 373.13

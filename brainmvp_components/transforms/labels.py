@@ -15,6 +15,14 @@ from monai.config import KeysCollection, NdarrayOrTensor
 from monai.transforms import ConvertToMultiChannelBasedOnBratsClasses, MapTransform, Transform
 from monai.utils import TransformBackends, convert_to_dst_type
 
+from brainmvp_components.brats import (
+    BRATS_CONVENTIONS,
+    NECROSIS_LABEL,
+    OEDEMA_LABEL,
+    REGION_NAMES,
+    enhancing_label,
+)
+
 __all__ = [
     "BRATS_CONVENTIONS",
     "REGION_NAMES",
@@ -24,22 +32,6 @@ __all__ = [
     "RegionsToBratsLabel",
     "RegionsToBratsLabeld",
 ]
-
-REGION_NAMES: tuple[str, ...] = ("TC", "WT", "ET")
-NECROSIS_LABEL = 1
-OEDEMA_LABEL = 2
-BRATS_CONVENTIONS: dict[str, int] = {"brats2021": 4, "brats2023": 3}
-"""Label convention name -> the value that marks enhancing tumour."""
-
-
-def enhancing_label(convention: str) -> int:
-    """The enhancing-tumour label value of a convention (``brats2021``: 4, ``brats2023``: 3)."""
-    key = str(convention).lower().replace("-", "").replace("_", "")
-    aliases = {"2018": "brats2021", "2019": "brats2021", "2020": "brats2021", "2021": "brats2021", "2023": "brats2023"}
-    key = aliases.get(key.removeprefix("brats"), key)
-    if key not in BRATS_CONVENTIONS:
-        raise ValueError(f"unknown BraTS label convention {convention!r}; use one of {sorted(BRATS_CONVENTIONS)}")
-    return BRATS_CONVENTIONS[key]
 
 
 class BratsLabelToRegions(Transform):
