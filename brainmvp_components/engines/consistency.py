@@ -10,6 +10,7 @@ from monai.engines import SupervisedTrainer
 from monai.engines.utils import IterationEvents
 from monai.utils.enums import CommonKeys as Keys
 
+from brainmvp_components.engines.accumulation import accumulation_state
 from brainmvp_components.losses.consistency import FeatureConsistencyLoss
 
 __all__ = ["ConsistencyTrainer", "ConsistencyKeys"]
@@ -145,7 +146,9 @@ class ConsistencyTrainer(SupervisedTrainer):
             engine.state.output[Keys.LOSS] = task_loss + self.consistency_weight * consistency
             engine.fire_event(IterationEvents.LOSS_COMPLETED)
 
-        should_zero_grad, should_step = self._accumulation_state(engine)
+        should_zero_grad, should_step = accumulation_state(
+            engine.state.iteration, engine.state.epoch_length, engine.accumulation_steps
+        )
         acc = engine.accumulation_steps
         engine.network.train()
         if should_zero_grad:
@@ -168,16 +171,3 @@ class ConsistencyTrainer(SupervisedTrainer):
                 engine.optimizer.step()
         engine.fire_event(IterationEvents.MODEL_COMPLETED)
         return engine.state.output
-
-    @staticmethod
-    def _accumulation_state(engine: ConsistencyTrainer) -> tuple[bool, bool]:
-        """(zero the gradients before this iteration, step the optimiser after it), as SupervisedTrainer."""
-        acc = engine.accumulation_steps
-        if acc <= 1:
-            return True, True
-        epoch_length = engine.state.epoch_length
-        if epoch_length is not None:
-            local_iter = (engine.state.iteration - 1) % epoch_length
-            return local_iter % acc == 0, (local_iter + 1) % acc == 0 or (local_iter + 1) == epoch_length
-        local_iter = engine.state.iteration - 1
-        return local_iter % acc == 0, (local_iter + 1) % acc == 0

@@ -40,6 +40,7 @@ from torch.optim import Optimizer
 from torch.utils.data import DataLoader
 
 from brainmvp_components.checkpoints import unwrap_module
+from brainmvp_components.engines.accumulation import accumulation_state
 from brainmvp_components.masking import fill_masked, random_block_mask
 
 __all__ = ["LOSS_KEYS", "BrainMVPPretrainTrainer", "compute_pretrain_losses"]
@@ -358,12 +359,7 @@ class BrainMVPPretrainTrainer(Trainer):
         images, modality_index, partner, affine = engine.prepare_pretrain_batch(batchdata)
 
         acc = engine.accumulation_steps
-        local_iter = engine.state.iteration - 1
-        epoch_length = engine.state.epoch_length
-        if epoch_length is not None:
-            local_iter %= epoch_length
-        should_zero_grad = local_iter % acc == 0
-        should_step = (local_iter + 1) % acc == 0 or (epoch_length is not None and local_iter + 1 == epoch_length)
+        should_zero_grad, should_step = accumulation_state(engine.state.iteration, engine.state.epoch_length, acc)
 
         engine.network.train()
         if should_zero_grad:
