@@ -50,6 +50,9 @@ __all__ = [
     "DatasetIntegrityError",
     "discover_cases",
     "verify_case",
+    "file_shape_problem",
+    "volume_problems",
+    "grid_problem",
     "check_label_conventions",
     "read_labels_csv",
     "split_cases",
@@ -60,6 +63,8 @@ __all__ = [
     "ensure_datalist",
     "case_id_from_path",
     "inference_cases",
+    "inference_entries",
+    "duplicate_case_problems",
 ]
 
 logger = logging.getLogger(__name__)
@@ -188,23 +193,103 @@ def discover_cases(data_dir: str | os.PathLike) -> list[CaseFiles]:
     return cases
 
 
+def file_shape_problem(
+    case: str | None, path: str | os.PathLike, shape: Sequence[int], channels: int | None = None
+) -> DatasetProblem | None:
+    """Check an image file's dimensionality as stored, before any channel conversion.
+
+    Args:
+        case: the case named in the problem.
+        path: the file named in the problem.
+        shape: the shape stored in the file (``nibabel``'s ``image.shape``, or a reader's raw array shape).
+        channels: ``None`` for a file holding one modality: it must be 3-D (a 4-D file with a single volume
+            counts as 3-D). ``k`` for one multi-channel file holding the case's ``k`` modalities as volumes along
+            its last axis (how MONAI Label hands images over): it must be 4-D with ``k`` volumes (or 3-D when
+            ``k == 1``).
+
+    Returns:
+        the problem found, or ``None``.
+    """
+    shape = tuple(int(s) for s in shape)
+    path = str(path)
+    if channels is None:
+        if len(shape) == 4 and shape[3] == 1:
+            shape = shape[:3]
+        if len(shape) == 4:
+            return DatasetProblem(
+                case,
+                path,
+                f"expected a 3-D volume (one modality per file), got a 4-D file with {shape[3]} volumes "
+                f"(shape {shape}); a multi-channel file must be the case's only image, its channels named in "
+                "'modalities'",
+            )
+        if len(shape) != 3:
+            return DatasetProblem(case, path, f"expected a 3-D volume, got a {len(shape)}-D image (shape {shape})")
+    else:
+        volumes = shape[3] if len(shape) == 4 else 1 if len(shape) == 3 else None
+        if volumes is None:
+            return DatasetProblem(
+                case, path, f"expected a 4-D multi-channel volume, got a {len(shape)}-D image (shape {shape})"
+            )
+        if volumes != channels:
+            return DatasetProblem(
+                case, path, f"holds {volumes} volume(s) (shape {shape}) but {channels} modalities are named"
+            )
+        shape = shape[:3]
+    if min(shape) < 2:
+        return DatasetProblem(case, path, f"a single slice, not a 3-D volume (shape {shape})")
+    return None
+
+
+def volume_problems(
+    case: str | None, path: str | os.PathLike, data, affine=None, what: str | None = None
+) -> list[DatasetProblem]:
+    """Check the contents of one 3-D volume: a valid affine, finite values, not a constant image.
+
+    Args:
+        case, path: named in the problems.
+        data: the voxel values ``(H, W, D)`` (array or CPU tensor).
+        affine: the ``(4, 4)`` voxel-to-world affine, or ``None`` to skip its check.
+        what: prefix of the messages, e.g. ``"volume 2 (t2)"`` for one channel of a multi-channel file.
+
+    Returns:
+        the problems found (empty when the volume is sound).
+    """
+    prefix = f"{what}: " if what else ""
+    problems: list[DatasetProblem] = []
+    if affine is not None:
+        affine = np.asarray(affine, dtype=np.float64)
+        if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+            problems.append(
+                DatasetProblem(case, str(path), f"{prefix}invalid (singular or non-finite) affine:\n{affine}")
+            )
+    data = np.asarray(data)
+    if np.issubdtype(data.dtype, np.floating) or np.issubdtype(data.dtype, np.complexfloating):
+        finite = np.isfinite(data)
+        if not finite.all():
+            count = int(finite.size - finite.sum())
+            whole = "every voxel" if count == finite.size else f"of {finite.size} voxels"
+            problems.append(
+                DatasetProblem(case, str(path), f"{prefix}{count} non-finite (NaN or infinite) voxel(s), {whole}")
+            )
+            return problems
+    if data.size and data.min() == data.max():
+        problems.append(DatasetProblem(case, str(path), f"{prefix}constant image (every voxel is {data.flat[0]})"))
+    return problems
+
+
 def _read_volume(case: str, path: Path, problems: list[DatasetProblem]) -> tuple[np.ndarray, np.ndarray] | None:
     """Read one volume; return ``(data, affine)`` or ``None`` after recording a problem."""
     try:
         image = nib.load(str(path))
-        shape = tuple(int(s) for s in image.shape)
-        if len(shape) == 4 and shape[3] == 1:
-            shape = shape[:3]
-        elif len(shape) != 3:
-            problems.append(DatasetProblem(case, str(path), f"expected a 3-D volume, got shape {shape}"))
+        problem = file_shape_problem(case, path, image.shape)
+        if problem is not None:
+            problems.append(problem)
             return None
         affine = np.asarray(image.affine, dtype=np.float64)
-        data = np.asanyarray(image.dataobj).reshape(shape)
+        data = np.asanyarray(image.dataobj).reshape(image.shape[:3])
     except _READ_ERRORS as e:
         problems.append(DatasetProblem(case, str(path), f"unreadable or corrupt ({type(e).__name__}: {e})"))
-        return None
-    if min(shape) < 2:
-        problems.append(DatasetProblem(case, str(path), f"a single slice, not a 3-D volume (shape {shape})"))
         return None
     if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
         problems.append(DatasetProblem(case, str(path), f"invalid (singular or non-finite) affine:\n{affine}"))
@@ -212,10 +297,13 @@ def _read_volume(case: str, path: Path, problems: list[DatasetProblem]) -> tuple
     return data, affine
 
 
-def _grid_problem(shape, affine, ref_shape, ref_affine, ref_name: str, atol: float) -> str | None:
+def grid_problem(shape, affine, ref_shape, ref_affine, ref_name: str, atol: float = AFFINE_TOLERANCE) -> str | None:
+    """Why a volume ``(shape, affine)`` is not on a reference grid (shapes equal, affines within ``atol`` mm), or
+    ``None`` when it is."""
     if tuple(shape) != tuple(ref_shape):
         return f"shape {tuple(shape)} differs from {ref_name}'s {tuple(ref_shape)}"
-    difference = float(np.max(np.abs(affine - ref_affine)))
+    affine = np.asarray(affine, dtype=np.float64)
+    difference = float(np.max(np.abs(affine - np.asarray(ref_affine, dtype=np.float64))))
     if difference > atol:
         return f"affine differs from {ref_name}'s by up to {difference:.4g} (tolerance {atol:g}):\n{affine}"
     return None
@@ -250,20 +338,14 @@ def verify_case(
         if volume is None:
             continue
         data, affine = volume
-        if np.issubdtype(data.dtype, np.floating) or np.issubdtype(data.dtype, np.complexfloating):
-            finite = np.isfinite(data)
-            if not finite.all():
-                problems.append(
-                    DatasetProblem(case.case, str(path), f"{int(finite.size - finite.sum())} non-finite voxel(s)")
-                )
-                continue
-        low, high = data.min(), data.max()
-        if low == high:
-            problems.append(DatasetProblem(case.case, str(path), f"constant image (every voxel is {low})"))
+        found = volume_problems(case.case, path, data)
+        problems.extend(found)
+        if any("non-finite" in p.message for p in found):
+            continue
         if reference is None:
             reference = (modality, data.shape, affine)
         else:
-            message = _grid_problem(data.shape, affine, reference[1], reference[2], reference[0], atol)
+            message = grid_problem(data.shape, affine, reference[1], reference[2], reference[0], atol)
             if message is not None:
                 problems.append(DatasetProblem(case.case, str(path), f"not on the case's grid: {message}"))
     if case.label is not None:
@@ -279,7 +361,7 @@ def _verify_label(case: CaseFiles, reference, label_values, atol: float) -> list
         return problems
     data, affine = volume
     if reference is not None:
-        message = _grid_problem(data.shape, affine, reference[1], reference[2], reference[0], atol)
+        message = grid_problem(data.shape, affine, reference[1], reference[2], reference[0], atol)
         if message is not None:
             problems.append(DatasetProblem(case.case, str(path), f"segmentation not on the image grid: {message}"))
     values = np.unique(data)
@@ -741,6 +823,9 @@ def load_datalist(
         entries = [e for e in entries if e["case"] in chosen]
     root = path.parent.resolve()
     result = [_checked_entry(entry, number, path, root) for number, entry in enumerate(entries)]
+    duplicates = duplicate_case_problems(result, f"datalist {path} ({split})")
+    if duplicates:
+        raise DatasetIntegrityError(duplicates, header=f"datalist {path} names cases ambiguously")
     for number, entry in enumerate(result):
         for key in ("label", "segmentation"):
             if isinstance(entry.get(key), str) and not Path(entry[key]).is_file():
@@ -755,16 +840,20 @@ def case_id_from_path(path) -> str:
     """Case identifier from a file name: drops the suffix and a trailing modality or segmentation token.
 
     ``BraTS2021_00000_t1ce.nii.gz`` -> ``BraTS2021_00000``; ``BraTS2021_00000_seg.nii.gz`` -> ``BraTS2021_00000``;
-    ``case7.nii.gz`` (a 4-D multi-channel file) -> ``case7``. For a list of files, the first one names the case.
+    ``case7.nii.gz`` (a 4-D multi-channel file) -> ``case7``. A file named by its modality alone names its folder:
+    ``patient1/t1.nii.gz`` -> ``patient1``. For a list of files, the first one names the case.
     """
     if isinstance(path, (list, tuple)):
         path = path[0]
-    stem = strip_nifti_suffix(str(path))
+    stem = strip_nifti_suffix(Path(str(path)).name)
     if modality_from_filename(stem) is not None or is_segmentation_file(stem):
         for sep in ("_", "-", "."):
             head, found, _ = stem.rpartition(sep)
             if found and head:
                 return head
+        folder = Path(str(path)).parent.name
+        if folder:
+            return folder
     return stem
 
 
@@ -806,8 +895,30 @@ def _checked_entry(entry: Any, number: int, source: Path, root: Path) -> dict:
     for key in ("label", "segmentation"):
         if isinstance(entry.get(key), str):
             result[key] = str((root / entry[key]).resolve())
-    result["case"] = str(entry.get("case") or case_id_from_path(paths[0]))
+    result["case"] = str(entry.get("case") or entry.get("id") or case_id_from_path(paths[0]))
     return result
+
+
+def duplicate_case_problems(entries: Sequence[Mapping], source: str) -> list[DatasetProblem]:
+    """One problem per case name given to more than one entry (compared case-insensitively, as outputs named
+    after cases would collide on case-insensitive file systems)."""
+    seen: dict[str, list[Mapping]] = {}
+    for entry in entries:
+        seen.setdefault(str(entry["case"]).casefold(), []).append(entry)
+    problems = []
+    for group in seen.values():
+        if len(group) > 1:
+            firsts = [e["image"] if isinstance(e["image"], str) else e["image"][0] for e in group]
+            problems.append(
+                DatasetProblem(
+                    str(group[0]["case"]),
+                    None,
+                    f"{len(group)} entries of {source} are named {group[0]['case']!r} (first files: "
+                    f"{', '.join(str(f) for f in firsts)}); their outputs would overwrite each other: give each "
+                    "entry a unique 'case' (or 'id')",
+                )
+            )
+    return problems
 
 
 def inference_cases(
@@ -821,8 +932,8 @@ def inference_cases(
             ``"testing"`` list. Each entry has ``image``, a path or a list of per-modality paths (relative to
             the file's folder or absolute); optionally ``modalities`` (their names, any alias; without it the
             names come from the file names, or for a single file not naming a modality, from the bundle's
-            configured input order) and ``case`` (without it, the first file's name without its modality
-            token).
+            configured input order) and ``case`` or ``id`` (without either, the first file's name without
+            its modality token, or its folder's name for a file named by its modality alone).
         dataset_dir: used when ``datalist`` is not given: a BraTS-style folder with one sub-folder per case,
             modalities recognised by file name, segmentations ignored.
         split: the split read from a datalist with splits.
@@ -833,10 +944,31 @@ def inference_cases(
         possibly 4-D multi-channel, file), a list stays a list of per-modality files.
 
     Raises:
-        FileNotFoundError: neither source exists, or an image file is missing (the message names the entry).
-        ValueError: the datalist is malformed or holds no entries (the message names the file and the entry).
-        DatasetIntegrityError: a case folder of ``dataset_dir`` has problems (duplicate or missing images).
+        FileNotFoundError: neither source exists.
+        ValueError: the datalist is not valid JSON or holds no entries.
+        DatasetIntegrityError: some entries have problems (a missing image file, a malformed entry, a case folder
+            with duplicate or no images, two entries of one case name); every problem is listed.
+            :func:`inference_entries` returns the sound entries and the problems instead.
     """
+    entries, problems = inference_entries(datalist, dataset_dir, split)
+    if problems:
+        raise DatasetIntegrityError(problems, header="cannot use these cases for inference")
+    return entries
+
+
+def inference_entries(
+    datalist: str | os.PathLike | None = None, dataset_dir: str | os.PathLike | None = None, split: str = "test"
+) -> tuple[list[dict], list[DatasetProblem]]:
+    """The sound entries of :func:`inference_cases` and the problems of the others, without raising for a bad case.
+
+    A datalist entry that names a missing file or is malformed, and a case folder with duplicate or no image
+    files, becomes a :class:`DatasetProblem` naming the case (the entry's ``case``/``id``, the folder name, or
+    ``entry <number>``); the other entries are returned. Two entries of one case name are problems too (their
+    outputs would collide). Problems of the source as a whole (no such datalist or folder, invalid JSON, no
+    entries) still raise, as in :func:`inference_cases`.
+    """
+    problems: list[DatasetProblem] = []
+    entries: list[dict] = []
     if datalist:
         path = Path(datalist)
         if not path.is_file():
@@ -847,7 +979,7 @@ def inference_cases(
             raise ValueError(f"datalist {path} is not valid JSON: {err}") from err
         if isinstance(content, dict):
             if isinstance(content.get(split), list):
-                content = load_datalist(path, split=split)
+                content = content[split]
             elif isinstance(content.get("testing"), list):
                 content = content["testing"]
             else:
@@ -855,20 +987,35 @@ def inference_cases(
         if not isinstance(content, list) or not content:
             raise ValueError(f"datalist {path} holds no entries")
         root = path.parent.resolve()
-        return [_checked_entry(entry, number, path, root) for number, entry in enumerate(content)]
-    if dataset_dir is None:
-        raise ValueError("give a datalist file or a data set folder of cases")
-    if not Path(dataset_dir).is_dir():
-        raise FileNotFoundError(f"no datalist given and the data set folder {dataset_dir} does not exist")
-    found = discover_cases(dataset_dir)
-    problems = [p for case in found for p in case.problems]
-    if problems:
-        raise DatasetIntegrityError(problems, header=f"cannot use the cases of {dataset_dir} for inference")
-    if not found:
-        raise FileNotFoundError(f"no case folders in {dataset_dir}")
-    return [
-        {"case": c.case, "image": [str(c.images[m]) for m in c.modalities], "modalities": c.modalities} for c in found
-    ]
+        for number, entry in enumerate(content):
+            try:
+                entries.append(_checked_entry(entry, number, path, root))
+            except (FileNotFoundError, ValueError) as err:
+                name = entry.get("case") or entry.get("id") if isinstance(entry, dict) else None
+                missing = err.filename if isinstance(err, FileNotFoundError) else None
+                problems.append(DatasetProblem(str(name or f"entry {number}"), missing, str(err)))
+        source = f"datalist {path}"
+    else:
+        if dataset_dir is None:
+            raise ValueError("give a datalist file or a data set folder of cases")
+        if not Path(dataset_dir).is_dir():
+            raise FileNotFoundError(f"no datalist given and the data set folder {dataset_dir} does not exist")
+        found = discover_cases(dataset_dir)
+        if not found:
+            raise FileNotFoundError(f"no case folders in {dataset_dir}")
+        for case in found:
+            if case.problems:
+                problems.extend(case.problems)
+            else:
+                images = [str(case.images[m]) for m in case.modalities]
+                entries.append({"case": case.case, "image": images, "modalities": case.modalities})
+        source = f"data set {dataset_dir}"
+    duplicates = duplicate_case_problems(entries, source)
+    if duplicates:
+        clashing = {str(e["case"]).casefold() for e in entries} & {str(p.case).casefold() for p in duplicates}
+        entries = [e for e in entries if str(e["case"]).casefold() not in clashing]
+        problems.extend(duplicates)
+    return entries, problems
 
 
 def _has_case_folders(dataset_dir: Path) -> bool:

@@ -470,7 +470,7 @@ def test_inference_cases_from_datalist_and_folder(tmp_path):
     # errors name the file and the entry
     for entries, error, match in [
         ([{"image": "data/A/A_t1.nii.gz"}, {"path": "x"}], ValueError, "entry 1: expected an object"),
-        ([{"image": "data/A/absent_t1.nii.gz"}], FileNotFoundError, "entry 0: image file .*absent_t1"),
+        ([{"image": "data/A/absent_t1.nii.gz"}], DatasetIntegrityError, "entry 0: image file .*absent_t1"),
         ([{"image": ["data/A/A_t1.nii.gz", "multi.nii.gz"]}], ValueError, "entry 0: no 'modalities'.*multi"),
         ([{"case": "c", "image": ["data/A/A_t1.nii.gz"], "modalities": ["t1", "t2"]}], ValueError, "'c'.*1 image"),
         ([{"image": "data/A/A_t1.nii.gz", "modalities": ["x-ray"]}], ValueError, "entry 0.*bad 'modalities'"),
