@@ -6,6 +6,8 @@
   NIfTI per modality plus a PNG montage.
 - :class:`ReconstructionPreviewHandler`: every few epochs, render the pre-training views and reconstructions of
   the last batch and the template montage as PNG files, TensorBoard images and MLflow artifacts.
+- :class:`TemplateEvolutionHandler`: snapshots of the templates from initialisation to the end, as one montage.
+- :class:`TrainingCurvesHandler` (generic): per-epoch losses and validation metrics as JSON and a PNG plot.
 
 In distributed runs attach them on rank 0 only (the bundles' ``multi_gpu_train.json`` does).
 """
@@ -29,7 +31,9 @@ from brainmvp_components.modalities import CANONICAL_MODALITIES
 __all__ = [
     "ReconstructionPreviewHandler",
     "StateDictExportHandler",
+    "TemplateEvolutionHandler",
     "TemplateExportHandler",
+    "TrainingCurvesHandler",
     "mlflow_runs",
 ]
 
@@ -289,3 +293,218 @@ class ReconstructionPreviewHandler:
                     client.log_artifact(run_id, str(path), artifact_path="previews")
         self.logger.info(f"wrote pre-training previews {rec_path.name}, {tpl_path.name} to {self.output_dir}")
         return paths
+
+
+def _scalar(value: Any) -> float | None:
+    """A finite float from a number or a one-element tensor, else ``None``."""
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            return None
+        value = value.item()
+    if isinstance(value, (int, float, np.floating, np.integer)) and not isinstance(value, bool):
+        value = float(value)
+        return value if np.isfinite(value) else None
+    return None
+
+
+class TrainingCurvesHandler:
+    """Training curves beside the TensorBoard logs: ``<name>.json`` and ``<name>.png`` in ``output_dir``.
+
+    Attach the same instance to the trainer and, optionally, to the validation evaluator (list it in both
+    handler lists). From the trainer it records, per epoch, the mean of ``output_transform(engine.state.output)``
+    over the epoch's iterations (a scalar, or a dictionary of scalars) and every scalar in ``engine.state.metrics``;
+    from an evaluator, the scalar metrics of each validation run, at the trainer's epoch. The JSON is rewritten
+    (atomically) after every epoch and validation; the PNG after every validation and when training completes
+    (:func:`brainmvp_components.visualisation.save_training_curves`). A resumed run keeps the records of the
+    epochs before its start.
+
+    Args:
+        output_dir: folder of the files (created when needed).
+        output_transform: maps the trainer's ``state.output`` to a loss scalar or a ``{name: scalar}``;
+            ``None`` records no per-iteration values.
+        loss_name: the record name of a scalar ``output_transform`` result.
+        name: file stem.
+        title: plot title.
+    """
+
+    def __init__(
+        self,
+        output_dir: str | os.PathLike,
+        output_transform: Any = None,
+        loss_name: str = "train_loss",
+        name: str = "training_curves",
+        title: str | None = None,
+    ) -> None:
+        self.output_dir = Path(output_dir)
+        self.output_transform = output_transform
+        self.loss_name = loss_name
+        self.name = name
+        self.title = title
+        self.history: list[dict[str, float]] = []
+        self._sums: dict[str, float] = {}
+        self._count = 0
+
+    @property
+    def json_path(self) -> Path:
+        return self.output_dir / f"{self.name}.json"
+
+    @property
+    def png_path(self) -> Path:
+        return self.output_dir / f"{self.name}.png"
+
+    def attach(self, engine: Engine) -> None:
+        from monai.engines import Evaluator
+
+        if isinstance(engine, Evaluator):
+            engine.add_event_handler(Events.EPOCH_COMPLETED, self._validation_completed)
+            return
+        engine.add_event_handler(Events.STARTED, self._started)
+        engine.add_event_handler(Events.EPOCH_STARTED, self._reset)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._iteration_completed)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._epoch_completed)
+        engine.add_event_handler(Events.COMPLETED, self._write_plot)
+
+    def _started(self, engine: Engine) -> None:
+        """Keep the records of epochs before this run's start (a resumed run)."""
+        import json
+
+        start = engine.state.epoch
+        if start > 0 and self.json_path.is_file():
+            try:
+                previous = json.loads(self.json_path.read_text())
+            except ValueError:
+                previous = []
+            self.history = [r for r in previous if isinstance(r, dict) and r.get("epoch", start + 1) <= start]
+        else:
+            self.history = []
+
+    def _reset(self, engine: Engine) -> None:
+        self._sums, self._count = {}, 0
+
+    def _iteration_completed(self, engine: Engine) -> None:
+        if self.output_transform is None:
+            return
+        values = self.output_transform(engine.state.output)
+        if not isinstance(values, Mapping):
+            values = {self.loss_name: values}
+        for key, value in values.items():
+            scalar = _scalar(value)
+            if scalar is not None:
+                self._sums[key] = self._sums.get(key, 0.0) + scalar
+        self._count += 1
+
+    def _epoch_completed(self, engine: Engine) -> None:
+        record: dict[str, float] = {"epoch": engine.state.epoch}
+        record.update({k: v / self._count for k, v in self._sums.items()} if self._count else {})
+        for key, value in engine.state.metrics.items():
+            scalar = _scalar(value)
+            if scalar is not None:
+                record.setdefault(key, scalar)
+        self.history.append(record)
+        self._write_json()
+
+    def _validation_completed(self, engine: Engine) -> None:
+        record: dict[str, float] = {"epoch": engine.state.epoch}
+        for key, value in engine.state.metrics.items():
+            scalar = _scalar(value)
+            if scalar is not None:
+                record[key] = scalar
+        self.history.append(record)
+        self._write_json()
+        self._write_plot()
+
+    def _write_json(self) -> None:
+        from brainmvp_components.reports import write_json
+
+        write_json(self.json_path, self.history)
+
+    def _write_plot(self, engine: Engine | None = None) -> None:
+        from brainmvp_components.visualisation import save_training_curves
+
+        if any(len(record) > 1 for record in self.history):
+            save_training_curves(self.history, self.png_path, title=self.title)
+
+
+class TemplateEvolutionHandler:
+    """The distilled templates from initialisation to the end of pre-training, as one montage.
+
+    At the start of training and every ``interval`` epochs, the axial slice through the middle of each template
+    is recorded; when training completes, ``template_evolution.png`` (one row per modality, one column per
+    snapshot, :func:`brainmvp_components.visualisation.save_template_evolution`) and the snapshots
+    (``template_evolution.npz``) are written to ``output_dir``. Modalities whose template is still all zero at
+    the end (no training case had them) are left out. A resumed run continues the snapshots it finds.
+
+    Args:
+        templates: a :class:`~brainmvp_components.templates.ModalityTemplates`, or a module holding one as
+            ``.templates`` (the pre-training model, wrapped or not).
+        output_dir: folder of the files.
+        interval: epochs between snapshots.
+        max_columns: at most this many snapshots are drawn (evenly chosen, the first and the last always).
+    """
+
+    def __init__(
+        self, templates: nn.Module, output_dir: str | os.PathLike, interval: int = 1, max_columns: int = 8
+    ) -> None:
+        templates = unwrap_module(templates)
+        self.templates = getattr(templates, "templates", templates)
+        if not hasattr(self.templates, "as_arrays"):
+            raise TypeError(f"expected ModalityTemplates or a model holding .templates, got {type(templates).__name__}")
+        if int(interval) < 1 or int(max_columns) < 2:
+            raise ValueError(f"need interval >= 1 and max_columns >= 2, got {interval} and {max_columns}")
+        self.output_dir = Path(output_dir)
+        self.interval = int(interval)
+        self.max_columns = int(max_columns)
+        self.epochs: list[int] = []
+        self.slices: dict[str, list[np.ndarray]] = {}
+
+    @property
+    def npz_path(self) -> Path:
+        return self.output_dir / "template_evolution.npz"
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self._started)
+        engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.interval), self._snapshot)
+        engine.add_event_handler(Events.COMPLETED, self._completed)
+
+    def _started(self, engine: Engine) -> None:
+        self.epochs, self.slices = [], {}
+        start = engine.state.epoch
+        if start > 0 and self.npz_path.is_file():
+            with np.load(self.npz_path) as saved:
+                keep = [i for i, e in enumerate(saved["epochs"].tolist()) if e <= start]
+                self.epochs = [int(saved["epochs"][i]) for i in keep]
+                self.slices = {k: [saved[k][i] for i in keep] for k in saved.files if k != "epochs"}
+        if not self.epochs or self.epochs[-1] != start:
+            self._snapshot(engine)
+
+    @torch.no_grad()
+    def _snapshot(self, engine: Engine) -> None:
+        epoch = engine.state.epoch
+        if self.epochs and self.epochs[-1] == epoch:
+            return
+        self.epochs.append(epoch)
+        for name, volume in self.templates.as_arrays().items():
+            self.slices.setdefault(name, []).append(volume[:, :, volume.shape[2] // 2].copy())
+
+    def _completed(self, engine: Engine) -> Path | None:
+        from brainmvp_components.reports import atomic_write
+        from brainmvp_components.visualisation import save_template_evolution
+
+        self._snapshot(engine)
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        arrays = {name: np.stack(slices) for name, slices in self.slices.items()}
+        atomic_write(
+            self.npz_path, lambda tmp: np.savez_compressed(tmp, epochs=np.asarray(self.epochs), **arrays), ".npz"
+        )
+        trained = {name: slices for name, slices in self.slices.items() if np.any(slices[-1])}
+        if not trained:
+            return None
+        count = len(self.epochs)
+        columns = sorted({int(round(i)) for i in np.linspace(0, count - 1, min(count, self.max_columns))})
+        path = save_template_evolution(
+            {name: [slices[i] for i in columns] for name, slices in trained.items()},
+            [self.epochs[i] for i in columns],
+            self.output_dir / "template_evolution.png",
+        )
+        logging.getLogger(__name__).info("wrote the template evolution montage %s", path)
+        return path

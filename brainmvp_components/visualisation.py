@@ -12,7 +12,7 @@ then ``os.replace``).
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +33,10 @@ __all__ = [
     "save_overlay",
     "save_template_montage",
     "save_reconstruction_preview",
+    "save_segmentation_comparison",
+    "save_template_evolution",
+    "save_training_curves",
+    "tumour_slice",
 ]
 
 BRATS_REGION_COLOURS: dict[int, tuple[str, tuple[float, float, float]]] = {
@@ -266,3 +270,125 @@ def save_reconstruction_preview(
         _panel(axes[0, col], axial_slice(volume, k), shared, name)
         _panel(axes[1, col], coronal_slice(volume, j), shared)
     return _save(fig, path, dpi)
+
+
+def tumour_slice(*label_maps: np.ndarray) -> int:
+    """Axial index with the most tumour voxels over all ``label_maps`` (their union), ``-1`` when all are empty."""
+    union = None
+    for label in label_maps:
+        present = _as_volume(label, "label") != 0
+        union = present if union is None else union | present
+    if union is None or not union.any():
+        return -1
+    return int(np.argmax(union.sum(axis=(0, 1))))
+
+
+def save_segmentation_comparison(
+    image: np.ndarray,
+    reference: np.ndarray,
+    predictions: Mapping[str, np.ndarray],
+    path: str | os.PathLike,
+    title: str | None = None,
+    dpi: int = 100,
+) -> Path:
+    """Reference and predictions side by side at the axial slice with the most tumour in any of them.
+
+    Args:
+        image: ``(H, W, D)`` image under the labels.
+        reference: ``(H, W, D)`` reference BraTS label map.
+        predictions: ``{name: (H, W, D) label map}``, e.g. with all modalities and with one imputed.
+        path: PNG file to write.
+    """
+    volume = _as_volume(image, "image")
+    maps = {"reference": _as_volume(reference, "reference")}
+    maps.update({name: _as_volume(p, name) for name, p in predictions.items()})
+    for name, label in maps.items():
+        if label.shape != volume.shape:
+            raise ValueError(f"save_segmentation_comparison({path}): {name} shape {label.shape} != {volume.shape}")
+    k = tumour_slice(*maps.values())
+    k = volume.shape[2] // 2 if k < 0 else k
+    window = display_range(volume)
+    fig, axes = _figure(1, len(maps) + 1, title)
+    _panel(axes[0, 0], axial_slice(volume, k), window, f"image (slice {k})")
+    for col, (name, label) in enumerate(maps.items(), start=1):
+        _panel(axes[0, col], axial_slice(volume, k), window, name, label_to_rgba(axial_slice(label, k)))
+    _legend(fig, np.concatenate([m.ravel() for m in maps.values()]))
+    return _save(fig, path, dpi)
+
+
+def save_template_evolution(
+    snapshots: Mapping[str, Sequence[np.ndarray]], epochs: Sequence[int], path: str | os.PathLike, dpi: int = 100
+) -> Path:
+    """The templates' evolution: one row per modality, one column per snapshot (initialisation to the end).
+
+    Args:
+        snapshots: ``{modality: [2-D slice per snapshot]}``, every list as long as ``epochs``.
+        epochs: the epoch of each snapshot (0 = initialisation).
+        path: PNG file to write.
+
+    Each panel is windowed on its own (a template's scale changes while it trains); a constant panel (the
+    zero initialisation) shows as uniform grey.
+    """
+    if not snapshots:
+        raise ValueError(f"save_template_evolution({path}): no templates to show")
+    for name, slices in snapshots.items():
+        if len(slices) != len(epochs):
+            raise ValueError(
+                f"save_template_evolution({path}): {name} has {len(slices)} slices for {len(epochs)} epochs"
+            )
+    fig, axes = _figure(len(snapshots), len(epochs), "distilled templates, initialisation to end of pre-training", 1.6)
+    for row, (name, slices) in enumerate(snapshots.items()):
+        for col, (epoch, image) in enumerate(zip(epochs, slices)):
+            image = np.asarray(image, dtype=np.float32)
+            lo, hi = np.percentile(image, [1, 99]) if image.size else (0.0, 1.0)
+            window = (float(lo), float(hi)) if hi > lo else (float(lo) - 1.0, float(lo) + 1.0)
+            _panel(axes[row, col], np.rot90(image), window, f"epoch {epoch}" if row == 0 else None)
+        axes[row, 0].set_axis_on()
+        axes[row, 0].set_xticks([])
+        axes[row, 0].set_yticks([])
+        axes[row, 0].set_ylabel(name, color="white", fontsize=10)
+    return _save(fig, path, dpi)
+
+
+def save_training_curves(
+    history: Sequence[Mapping[str, float]], path: str | os.PathLike, title: str | None = None, dpi: int = 100
+) -> Path:
+    """Training curves from per-epoch records: loss terms (left, log scale) and validation metrics (right).
+
+    Args:
+        history: one ``{"epoch": int, name: value, ...}`` per record; names containing ``loss`` are losses,
+            the others metrics. Records of one epoch may be split (training and validation).
+        path: PNG file to write.
+    """
+    series: dict[str, tuple[list[int], list[float]]] = {}
+    for record in history:
+        epoch = int(record["epoch"])
+        for name, value in record.items():
+            if name == "epoch" or value is None or not np.isfinite(value):
+                continue
+            xs, ys = series.setdefault(name, ([], []))
+            xs.append(epoch)
+            ys.append(float(value))
+    if not series:
+        raise ValueError(f"save_training_curves({path}): no values to plot")
+    losses = {n: v for n, v in series.items() if "loss" in n}
+    metrics = {n: v for n, v in series.items() if "loss" not in n}
+    groups = [(g, label) for g, label in ((losses, "loss"), (metrics, "validation metric")) if g]
+    fig = Figure(figsize=(5.5 * len(groups), 3.8))
+    FigureCanvasAgg(fig)
+    if title:
+        fig.suptitle(title, fontsize=11)
+    for index, (group, label) in enumerate(groups, start=1):
+        ax = fig.add_subplot(1, len(groups), index)
+        for name, (xs, ys) in sorted(group.items()):
+            ax.plot(xs, ys, marker="." if len(xs) < 30 else None, label=name)
+        if label == "loss" and all(y > 0 for _, ys in group.values() for y in ys):
+            ax.set_yscale("log")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=dpi), suffix=".png")
