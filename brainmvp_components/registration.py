@@ -1,0 +1,320 @@
+"""Affine registration of the distilled modality templates to a case, with ITK.
+
+The templates live in the BraTS/SRI24 atlas frame (:mod:`brainmvp_components.atlas`). A case registered to that
+frame can take its templates by world coordinates; any other scan (an MNI-frame image, a patient's native scan)
+first needs the transform between the two frames. :func:`register_to_template` estimates it: an affine
+registration (12 degrees of freedom) of one template to one channel of the case, by Mattes mutual information,
+multi-resolution, initialised by aligning the images' centres of mass (and their sizes, from second moments).
+Mutual information does not need the two images to share a contrast, so any template can be registered to any
+channel; the best pairing is a template of a modality the case has to that modality's channel.
+
+Conventions: NIfTI/MONAI affines map voxels to RAS world millimetres; ITK works in LPS. The transform returned
+is a ``(4, 4)`` RAS matrix ``T`` mapping a point of the case's world to the matching point of the template
+world, so the template is sampled on the case grid ``(affine, shape)`` at the positions ``T @ affine``:
+``templates.resample_to_grid(modality, T @ affine, shape)``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from brainmvp_components.atlas import BRATS_ATLAS_AFFINE, BRATS_ATLAS_SHAPE
+
+__all__ = [
+    "TemplateRegistration",
+    "RegistrationError",
+    "register_to_template",
+    "in_atlas_frame",
+    "foreground_coverage",
+]
+
+logger = logging.getLogger(__name__)
+
+_RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+class RegistrationError(RuntimeError):
+    """ITK could not register the template to the case."""
+
+
+@dataclass
+class TemplateRegistration:
+    """The outcome of one registration.
+
+    Attributes:
+        transform: ``(4, 4)`` RAS matrix from the case's world (mm) to the template world (mm).
+        method: ``"affine_mutual_information"`` (registered), ``"moments"`` (the registration failed; centres of
+            mass and sizes aligned only) or ``"atlas_frame"`` (no registration: the case is in the
+            templates' frame, identity).
+        fixed_modality: the case channel registered to (``None`` for ``"atlas_frame"``).
+        template_modality: the template registered (``None`` for ``"atlas_frame"``).
+        quality: figures of merit: ``mutual_information`` (Mattes, at the finest level, higher is better),
+            ``seconds``; :class:`~brainmvp_components.transforms.templates.ImputeMissingModalities` adds
+            ``coverage`` (fraction of the case's foreground where the imputed templates are non-zero).
+    """
+
+    transform: np.ndarray
+    method: str
+    fixed_modality: str | None = None
+    template_modality: str | None = None
+    quality: dict[str, float] = field(default_factory=dict)
+
+    def as_record(self) -> dict:
+        """JSON-ready dictionary (the transform as nested lists, rounded to 6 decimals)."""
+        return {
+            "method": self.method,
+            "fixed_modality": self.fixed_modality,
+            "template_modality": self.template_modality,
+            "transform_case_to_template_ras": np.round(self.transform, 6).tolist(),
+            "quality": {k: (None if not math.isfinite(v) else round(float(v), 4)) for k, v in self.quality.items()},
+        }
+
+
+def _itk():
+    try:
+        import itk
+    except ImportError as err:  # monai[itk] installs it; say what to do when it is absent
+        raise ImportError("template registration needs ITK: pip install itk (part of monai[itk])") from err
+    return itk
+
+
+def _to_itk(volume: np.ndarray, affine: np.ndarray):
+    """A float32 ITK image of ``volume (H, W, D)`` placed by the RAS ``affine``."""
+    itk = _itk()
+    image = itk.image_view_from_array(np.ascontiguousarray(np.asarray(volume, dtype=np.float32).transpose(2, 1, 0)))
+    lps = _RAS_TO_LPS @ np.asarray(affine, dtype=np.float64)
+    spacing = np.linalg.norm(lps[:3, :3], axis=0)
+    image.SetSpacing([float(s) for s in spacing])
+    image.SetOrigin([float(v) for v in lps[:3, 3]])
+    image.SetDirection(itk.matrix_from_array(np.ascontiguousarray(lps[:3, :3] / spacing)))
+    return image
+
+
+def _transform_matrix(transform) -> np.ndarray:
+    """The RAS ``(4, 4)`` matrix of an ITK affine (or matrix-offset) transform given in LPS."""
+    matrix = np.asarray(transform.GetMatrix(), dtype=np.float64).reshape(3, 3)
+    offset = np.asarray(transform.GetOffset(), dtype=np.float64)
+    lps = np.eye(4)
+    lps[:3, :3], lps[:3, 3] = matrix, offset
+    return _RAS_TO_LPS @ lps @ _RAS_TO_LPS
+
+
+def in_atlas_frame(
+    affine: np.ndarray,
+    shape: Sequence[int],
+    atlas_affine: np.ndarray = BRATS_ATLAS_AFFINE,
+    atlas_shape: Sequence[int] = BRATS_ATLAS_SHAPE,
+    tolerance_mm: float = 5.0,
+) -> bool:
+    """Whether a grid covers the atlas field of view in the atlas orientation (a BraTS-frame image).
+
+    True when the grid's axes are parallel to the atlas's (any flips or order) and the world bounding box of its
+    voxel centres matches the atlas's within ``tolerance_mm`` plus one voxel on every side. Such images take their
+    templates by world coordinates without registration.
+    """
+    affine = np.asarray(affine, dtype=np.float64)
+    directions = affine[:3, :3] / np.linalg.norm(affine[:3, :3], axis=0)
+    if not np.allclose(np.abs(directions), np.round(np.abs(directions)), atol=1e-3):
+        return False
+
+    def box(a: np.ndarray, s: Sequence[int]) -> np.ndarray:
+        corners = np.array(np.meshgrid(*[[0.0, n - 1.0] for n in s], indexing="ij")).reshape(3, -1)
+        world = a[:3, :3] @ corners + a[:3, 3:4]
+        return np.stack([world.min(axis=1), world.max(axis=1)])
+
+    spacing = float(np.linalg.norm(affine[:3, :3], axis=0).max())
+    difference = np.abs(box(affine, shape) - box(np.asarray(atlas_affine, dtype=np.float64), atlas_shape))
+    return bool(difference.max() <= tolerance_mm + spacing)
+
+
+def foreground_coverage(covering: np.ndarray, foreground: np.ndarray, threshold: float = 1e-3) -> float:
+    """Fraction of the ``foreground`` voxels (boolean mask) where ``covering`` exceeds ``threshold``."""
+    foreground = np.asarray(foreground, dtype=bool)
+    if not foreground.any():
+        return float("nan")
+    return float((np.asarray(covering)[foreground] > threshold).mean())
+
+
+def foreground_mask(volume: np.ndarray, fraction: float = 0.1) -> np.ndarray:
+    """Voxels above ``fraction`` of the volume's 99th percentile: the head or brain of a background-zero scan."""
+    volume = np.asarray(volume, dtype=np.float32)
+    high = float(np.percentile(volume, 99)) if volume.size else 0.0
+    return volume > fraction * high if high > 0 else np.zeros(volume.shape, dtype=bool)
+
+
+def register_to_template(
+    case_volume: np.ndarray,
+    case_affine: np.ndarray,
+    template_volume: np.ndarray,
+    template_affine: np.ndarray,
+    fixed_modality: str | None = None,
+    template_modality: str | None = None,
+    level_spacings_mm: Sequence[float] = (8.0, 4.0),
+    iterations: Sequence[int] = (200, 100),
+    sampling_fraction: float = 0.25,
+    histogram_bins: int = 32,
+    seed: int = 0,
+) -> TemplateRegistration:
+    """Register a template to one channel of a case (affine, Mattes mutual information, multi-resolution).
+
+    Args:
+        case_volume: the case channel ``(H, W, D)`` (background near zero, e.g. after percentile scaling).
+        case_affine: its ``(4, 4)`` RAS voxel-to-world affine.
+        template_volume: the template ``(H', W', D')`` on its own grid.
+        template_affine: the template's ``(4, 4)`` RAS affine.
+        fixed_modality, template_modality: recorded in the result.
+        level_spacings_mm: the working resolution of each level, coarse to fine: the case is shrunk by an integer
+            factor to about this spacing (never below its own). Coarse levels keep it to seconds per case.
+        iterations: optimiser iterations per level.
+        sampling_fraction: fraction of the case's voxels sampled (randomly) for the metric at each level.
+        histogram_bins: Mattes mutual information histogram bins.
+        seed: seed of the metric's random sampling (repeatable results).
+
+    Returns:
+        the registration (``method="affine_mutual_information"``).
+
+    Raises:
+        RegistrationError: ITK failed (e.g. the images do not overlap after initialisation).
+    """
+    import time
+
+    itk = _itk()
+    if len(level_spacings_mm) != len(iterations):
+        raise ValueError(f"one iteration count per level: {list(level_spacings_mm)} vs {list(iterations)}")
+    start = time.perf_counter()
+    finest = float(min(level_spacings_mm))
+    case_small, case_small_affine = _block_mean(case_volume, case_affine, finest)
+    template_small, template_small_affine = _block_mean(template_volume, template_affine, finest)
+    fixed = _to_itk(case_small, case_small_affine)
+    moving = _to_itk(template_small, template_small_affine)
+    image_type = type(fixed)
+    transform_type = itk.AffineTransform[itk.D, 3]
+    try:
+        initial = transform_type.New()
+        _set_matrix(initial, _moments_transform(case_volume, case_affine, template_volume, template_affine))
+
+        metric = itk.MattesMutualInformationImageToImageMetricv4[image_type, image_type].New()
+        metric.SetNumberOfHistogramBins(int(histogram_bins))
+        optimizer = itk.RegularStepGradientDescentOptimizerv4[itk.D].New()
+        optimizer.SetLearningRate(1.0)
+        optimizer.SetMinimumStepLength(1e-3)
+        optimizer.SetRelaxationFactor(0.6)
+        optimizer.SetNumberOfIterations(int(max(iterations)))
+        scales = itk.RegistrationParameterScalesFromPhysicalShift[type(metric)].New()
+        scales.SetMetric(metric)
+        optimizer.SetScalesEstimator(scales)
+
+        registration = itk.ImageRegistrationMethodv4[image_type, image_type].New()
+        registration.SetFixedImage(fixed)
+        registration.SetMovingImage(moving)
+        registration.SetMetric(metric)
+        registration.SetOptimizer(optimizer)
+        registration.SetInitialTransform(initial)
+        registration.InPlaceOn()
+        case_spacing = float(np.linalg.norm(np.asarray(case_small_affine, dtype=np.float64)[:3, :3], axis=0).min())
+        shrink = [max(1, int(round(s / case_spacing))) for s in level_spacings_mm]
+        registration.SetNumberOfLevels(len(shrink))
+        registration.SetShrinkFactorsPerLevel(shrink)
+        registration.SetSmoothingSigmasPerLevel([max(0.0, (f - 1) / 2.0) for f in shrink])
+        registration.SetMetricSamplingStrategy(itk.ImageRegistrationMethodv4Enums.MetricSamplingStrategy_RANDOM)
+        registration.SetMetricSamplingPercentage(float(sampling_fraction))
+        registration.MetricSamplingReinitializeSeed(int(seed))
+        level_iterations = [int(n) for n in iterations]
+
+        def set_iterations() -> None:
+            level = registration.GetCurrentLevel()
+            optimizer.SetNumberOfIterations(level_iterations[min(level, len(level_iterations) - 1)])
+
+        registration.AddObserver(itk.MultiResolutionIterationEvent(), set_iterations)
+        registration.Update()
+        value = float(optimizer.GetValue())
+    except RuntimeError as err:
+        raise RegistrationError(f"ITK affine registration failed: {str(err).strip().splitlines()[-1]}") from err
+    transform = _transform_matrix(initial)
+    return TemplateRegistration(
+        transform=transform,
+        method="affine_mutual_information",
+        fixed_modality=fixed_modality,
+        template_modality=template_modality,
+        quality={"mutual_information": -value, "seconds": time.perf_counter() - start},
+    )
+
+
+def _block_mean(volume: np.ndarray, affine: np.ndarray, spacing_mm: float) -> tuple[np.ndarray, np.ndarray]:
+    """Average blocks of whole voxels so that the spacing approaches ``spacing_mm`` (never finer than the input);
+    returns the smaller volume and its affine (voxel centres at the blocks' centres)."""
+    affine = np.asarray(affine, dtype=np.float64)
+    spacing = np.linalg.norm(affine[:3, :3], axis=0)
+    factors = [max(1, int(spacing_mm // s)) for s in spacing]
+    volume = np.asarray(volume, dtype=np.float32)
+    if factors == [1, 1, 1]:
+        return volume, affine
+    shape = [n // f for n, f in zip(volume.shape, factors)]
+    if min(shape) < 4:  # too small to shrink: keep the input
+        return volume, affine
+    cropped = volume[: shape[0] * factors[0], : shape[1] * factors[1], : shape[2] * factors[2]]
+    blocks = cropped.reshape(shape[0], factors[0], shape[1], factors[1], shape[2], factors[2]).mean(axis=(1, 3, 5))
+    scaled = affine.copy()
+    scaled[:3, :3] = affine[:3, :3] * np.asarray(factors, dtype=np.float64)
+    scaled[:3, 3] = affine[:3, :3] @ ((np.asarray(factors, dtype=np.float64) - 1) / 2) + affine[:3, 3]
+    return blocks, scaled
+
+
+def _moments(volume: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Centre of mass (world, RAS mm) and second-moment matrix of a non-negative volume."""
+    volume = np.clip(np.asarray(volume, dtype=np.float64), 0, None)
+    total = volume.sum()
+    if not np.isfinite(total) or total <= 0:
+        raise RegistrationError("the image is empty (no positive voxels): nothing to align")
+    step = max(1, int(round((volume.size / 2e5) ** (1 / 3))))  # a subsample is plenty for moments
+    sub = volume[::step, ::step, ::step]
+    index = np.stack(np.meshgrid(*[np.arange(0, n, step) for n in volume.shape], indexing="ij"), -1).reshape(-1, 3)
+    weights = sub.reshape(-1) / sub.sum()
+    world = index @ np.asarray(affine, dtype=np.float64)[:3, :3].T + np.asarray(affine, dtype=np.float64)[:3, 3]
+    centre = weights @ world
+    spread = (world - centre).T @ ((world - centre) * weights[:, None])
+    return centre, spread
+
+
+def _moments_transform(
+    case_volume: np.ndarray, case_affine: np.ndarray, template_volume: np.ndarray, template_affine: np.ndarray
+) -> np.ndarray:
+    """RAS case-to-template matrix aligning centres of mass, with the isotropic scale of the second moments."""
+    case_centre, case_spread = _moments(case_volume, case_affine)
+    template_centre, template_spread = _moments(template_volume, template_affine)
+    ratio = np.linalg.det(template_spread) / max(np.linalg.det(case_spread), 1e-12)
+    scale = float(np.clip(ratio ** (1 / 6), 0.5, 2.0)) if ratio > 0 else 1.0
+    matrix = np.eye(4)
+    matrix[:3, :3] *= scale
+    matrix[:3, 3] = template_centre - scale * case_centre
+    return matrix
+
+
+def _set_matrix(transform, ras: np.ndarray) -> None:
+    """Set an ITK affine transform (LPS) from a RAS ``(4, 4)`` matrix."""
+    itk = _itk()
+    lps = _RAS_TO_LPS @ np.asarray(ras, dtype=np.float64) @ _RAS_TO_LPS
+    transform.SetMatrix(itk.matrix_from_array(np.ascontiguousarray(lps[:3, :3])))
+    transform.SetOffset([float(v) for v in lps[:3, 3]])
+
+
+def moments_alignment(
+    case_volume: np.ndarray,
+    case_affine: np.ndarray,
+    template_volume: np.ndarray,
+    template_affine: np.ndarray,
+    fixed_modality: str | None = None,
+    template_modality: str | None = None,
+) -> TemplateRegistration:
+    """The fallback when registration fails: centres of mass aligned, isotropic scale from the second moments."""
+    return TemplateRegistration(
+        transform=_moments_transform(case_volume, case_affine, template_volume, template_affine),
+        method="moments",
+        fixed_modality=fixed_modality,
+        template_modality=template_modality,
+    )
