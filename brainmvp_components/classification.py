@@ -52,6 +52,9 @@ __all__ = [
     "ClassificationMetric",
     "ClassificationMetricHandler",
     "ClassificationReportWriter",
+    "TRAINING_SETTINGS_NAME",
+    "save_training_settings",
+    "check_training_settings",
 ]
 
 logger = logging.getLogger(__name__)
@@ -250,6 +253,8 @@ class ClassificationReportWriter:
         label_key: key of the label (index or one-hot) in the output or batch; absent or ``None`` at inference.
         case_key: key of the case name in the batch; without it the name comes from the image's file name.
         prefix: file name prefix.
+        keep_existing: keep the cases of an existing ``<prefix>predictions.json`` that this run did not predict
+            (a resumed inference run skips them), so the files list every case predicted so far.
     """
 
     def __init__(
@@ -260,12 +265,14 @@ class ClassificationReportWriter:
         label_key: str = "label",
         case_key: str = "case",
         prefix: str = "",
+        keep_existing: bool = False,
     ) -> None:
         self.output_dir = Path(output_dir)
         self.class_names = [str(c) for c in class_names]
         if len(self.class_names) < 2:
             raise ValueError(f"need at least two class names, got {self.class_names}")
         self.pred_key, self.label_key, self.case_key, self.prefix = pred_key, label_key, case_key, prefix
+        self.keep_existing = keep_existing
         self._cases: list[str] = []
         self._probabilities: list[torch.Tensor] = []
         self._labels: list[int | None] = []
@@ -321,8 +328,36 @@ class ClassificationReportWriter:
             rows.append(row)
         return rows
 
+    def _merge_existing(self) -> None:
+        """Prepend the cases of an existing predictions JSON that were not predicted in this run."""
+        import json
+
+        path = self.output_dir / f"{self.prefix}predictions.json"
+        if not path.is_file():
+            return
+        try:
+            cases = json.loads(path.read_text()).get("cases", [])
+        except (OSError, ValueError) as err:
+            logger.warning("cannot read the existing predictions %s (%s); they are replaced", path, err)
+            return
+        kept = [c for c in cases if isinstance(c, dict) and str(c.get("case")) not in set(self._cases)]
+        for case in kept:
+            probabilities = case.get("probabilities", {})
+            if sorted(probabilities) != sorted(self.class_names):
+                logger.warning(
+                    "%s: case %r has other classes than %s; dropped", path, case.get("case"), self.class_names
+                )
+                continue
+            self._cases.insert(0, str(case["case"]))
+            self._probabilities.insert(0, torch.tensor([float(probabilities[n]) for n in self.class_names]))
+            self._labels.insert(0, case.get("label"))
+        if kept:
+            logger.info("kept %d case(s) predicted earlier from %s", len(kept), path)
+
     def write(self, engine: Engine | None = None) -> dict[str, Path]:
         """Write the files for the cases collected so far; returns their paths by kind."""
+        if self.keep_existing:
+            self._merge_existing()
         rows = self.rows()
         labelled = bool(rows) and all(label is not None for label in self._labels)
         columns = ["case", *(f"prob_{n}" for n in self.class_names), "predicted_label", "prediction"]
@@ -362,3 +397,47 @@ class ClassificationReportWriter:
             )
         logger.info("wrote %s", ", ".join(str(p) for p in paths.values()))
         return paths
+
+
+TRAINING_SETTINGS_NAME = "training_settings.json"
+"""File beside ``model.pt`` holding the input settings the model was trained with."""
+
+
+def save_training_settings(ckpt_dir: str | os.PathLike, **settings: Any) -> Path:
+    """Store the input settings of a training run (``roi_size``, ``spacing``, ``input_modalities``...) beside the
+    model, as ``<ckpt_dir>/training_settings.json`` (atomically), for :func:`check_training_settings` at inference.
+    Values are stored as JSON (tuples as lists). Returns the path."""
+    path = Path(ckpt_dir) / TRAINING_SETTINGS_NAME
+    return write_json(path, {k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()})
+
+
+def check_training_settings(ckpt_dir: str | os.PathLike, **settings: Any) -> list[str]:
+    """Warn for each inference setting that differs from the one the model was trained with.
+
+    Compares ``settings`` with ``<ckpt_dir>/training_settings.json`` (written by :func:`save_training_settings`);
+    a setting absent from either side is not compared, and a model without the file gets one note. Returns the
+    names of the differing settings.
+    """
+    import json
+
+    path = Path(ckpt_dir) / TRAINING_SETTINGS_NAME
+    if not path.is_file():
+        logger.info("no %s beside the model: the inference settings cannot be checked against training", path)
+        return []
+    trained = json.loads(path.read_text())
+    differing = []
+    for name, value in settings.items():
+        value = list(value) if isinstance(value, tuple) else value
+        if name in trained and trained[name] != value:
+            differing.append(name)
+            logger.warning(
+                "%s %s differs from the %s the model was trained with (%s): the predictions may be unreliable; "
+                "pass --%s '%s' to match training",
+                name,
+                json.dumps(value),
+                json.dumps(trained[name]),
+                path,
+                name,
+                json.dumps(trained[name]),
+            )
+    return differing

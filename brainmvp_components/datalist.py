@@ -951,6 +951,7 @@ def inference_cases(
             :func:`inference_entries` returns the sound entries and the problems instead.
     """
     entries, problems = inference_entries(datalist, dataset_dir, split)
+    problems += duplicate_case_problems(entries, "the inference cases")
     if problems:
         raise DatasetIntegrityError(problems, header="cannot use these cases for inference")
     return entries
@@ -963,9 +964,9 @@ def inference_entries(
 
     A datalist entry that names a missing file or is malformed, and a case folder with duplicate or no image
     files, becomes a :class:`DatasetProblem` naming the case (the entry's ``case``/``id``, the folder name, or
-    ``entry <number>``); the other entries are returned. Two entries of one case name are problems too (their
-    outputs would collide). Problems of the source as a whole (no such datalist or folder, invalid JSON, no
-    entries) still raise, as in :func:`inference_cases`.
+    ``entry <number>``); the other entries are returned. Entries sharing a case name are returned as they are
+    (check them with :func:`duplicate_case_problems`). Problems of the source as a whole (no such datalist or
+    folder, invalid JSON, no entries) still raise, as in :func:`inference_cases`.
     """
     problems: list[DatasetProblem] = []
     entries: list[dict] = []
@@ -994,7 +995,6 @@ def inference_entries(
                 name = entry.get("case") or entry.get("id") if isinstance(entry, dict) else None
                 missing = err.filename if isinstance(err, FileNotFoundError) else None
                 problems.append(DatasetProblem(str(name or f"entry {number}"), missing, str(err)))
-        source = f"datalist {path}"
     else:
         if dataset_dir is None:
             raise ValueError("give a datalist file or a data set folder of cases")
@@ -1009,12 +1009,6 @@ def inference_entries(
             else:
                 images = [str(case.images[m]) for m in case.modalities]
                 entries.append({"case": case.case, "image": images, "modalities": case.modalities})
-        source = f"data set {dataset_dir}"
-    duplicates = duplicate_case_problems(entries, source)
-    if duplicates:
-        clashing = {str(e["case"]).casefold() for e in entries} & {str(p.case).casefold() for p in duplicates}
-        entries = [e for e in entries if str(e["case"]).casefold() not in clashing]
-        problems.extend(duplicates)
     return entries, problems
 
 

@@ -243,11 +243,20 @@ def write_metrics_report(rows: Sequence[dict], output_dir: str | Path, prefix: s
 
 
 def case_name_formatter(metadict: dict, saver=None) -> dict:
-    """``output_name_formatter`` for MONAI ``SaveImage``: names the output after the case, not a modality file."""
-    source = metadict.get("filename_or_obj", "") if metadict else ""
+    """``output_name_formatter`` for MONAI ``SaveImage``: names the output after the case, never after an image file.
+
+    The case is the image's ``meta["case_id"]``, which :class:`~brainmvp_components.transforms.io.LoadModalitiesd`
+    sets from the data's ``case`` (a case folder's name, a datalist entry's ``case`` or ``id``). Images loaded
+    otherwise are named by :func:`~brainmvp_components.datalist.case_id_from_path` of their file.
+    """
+    metadict = metadict or {}
+    case = metadict.get("case_id")
+    if isinstance(case, (list, tuple)):
+        case = case[0] if case else None
+    source = metadict.get("filename_or_obj", "")
     return {
-        "subject": case_id_from_path(source) if source else "case",
-        "idx": metadict.get("patch_index") if metadict else None,
+        "subject": str(case) if case else case_id_from_path(source) if source else "case",
+        "idx": metadict.get("patch_index"),
     }
 
 

@@ -164,11 +164,11 @@ def test_inference_inputs_missing_modalities_and_geometry(trained, tmp_path):
     workflow.run()
     workflow.finalize()
     sources = {e["case"]: e["image"] if isinstance(e["image"], str) else e["image"][0] for e in entries}
+    assert sorted(p.name for p in out_dir.glob("*_seg.nii.gz")) == sorted(f"{case}_seg.nii.gz" for case in sources)
     for case, source in sources.items():
-        # output file names come from the image file name (the case folder's naming)
-        matches = list(out_dir.glob("*_seg.nii.gz"))
+        # outputs are named after the case, never after an image file
         src = nib.load(source)
-        pred = next(nib.load(m) for m in matches if m.name.startswith(_stem(source)))
+        pred = nib.load(out_dir / f"{case}_seg.nii.gz")
         assert pred.shape == src.shape[:3], case
         assert np.allclose(pred.affine, src.affine, atol=1e-4), case
         assert set(np.unique(np.asarray(pred.dataobj)).tolist()) <= {0, 1, 2, 4}
@@ -182,19 +182,17 @@ def test_inference_inputs_missing_modalities_and_geometry(trained, tmp_path):
         "oblique": [],
     }
     for case, imputed in expected.items():
-        record = json.loads((out_dir / f"{_stem(sources[case])}_seg.json").read_text())
+        record = json.loads((out_dir / f"{case}_seg.json").read_text())
+        placement = record.pop("template_registration")
         assert record == {
             "case": case,
             "modalities_used": [m for m in MODALITIES if m not in imputed],
             "imputed_modalities": imputed,
             "missing_modalities": imputed,
+            "imputed_files": {},
         }, case
-
-
-def _stem(path: str) -> str:
-    from brainmvp_components.datalist import case_id_from_path
-
-    return case_id_from_path(path)
+        # cohort cases lie in the templates' atlas frame: no registration needed
+        assert placement is None if not imputed else placement["method"] == "atlas_frame", case
 
 
 def _four_d_case(case_dir: Path, out: Path) -> dict:
