@@ -870,7 +870,9 @@ def _checked_entry(entry: Any, number: int, source: Path, root: Path) -> dict:
     paths = [str((root / p).resolve()) for p in paths]
     for p in paths:
         if not Path(p).is_file():
-            raise FileNotFoundError(f"{where}: image file {p} does not exist")
+            missing = FileNotFoundError(f"{where}: image file {p} does not exist")
+            missing.filename = p
+            raise missing
     result = {**entry, "image": paths[0] if single else paths}
     name = f"{where} (case {entry['case']!r})" if entry.get("case") else where
     modalities = entry.get("modalities")

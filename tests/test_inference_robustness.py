@@ -266,6 +266,7 @@ def test_bad_entries_and_failures_report_from_a_datalist(seg_bundle, bad_batch, 
     by_case = {r["case"]: r for r in raised.value.failures}
     assert sorted(by_case) == ["channels", "gone"]
     assert by_case["gone"]["stage"] == "entry" and "absent_t1.nii.gz" in by_case["gone"]["reason"]
+    assert by_case["gone"]["file"] == str(tmp_path / "absent_t1.nii.gz")
     assert by_case["channels"]["file"] == str(four_d)
     assert (
         "holds 3 volume(s)" in by_case["channels"]["reason"]
