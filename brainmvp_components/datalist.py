@@ -870,9 +870,7 @@ def _checked_entry(entry: Any, number: int, source: Path, root: Path) -> dict:
     paths = [str((root / p).resolve()) for p in paths]
     for p in paths:
         if not Path(p).is_file():
-            missing = FileNotFoundError(f"{where}: image file {p} does not exist")
-            missing.filename = p
-            raise missing
+            raise FileNotFoundError(f"{where}: image file {p} does not exist")
     result = {**entry, "image": paths[0] if single else paths}
     name = f"{where} (case {entry['case']!r})" if entry.get("case") else where
     modalities = entry.get("modalities")
@@ -959,6 +957,16 @@ def inference_cases(
     return entries
 
 
+def _missing_image(entry: Any, root: Path) -> str | None:
+    """The first image path of a datalist entry that does not exist (absolute), or ``None``."""
+    images = entry.get("image") if isinstance(entry, dict) else None
+    paths = [images] if isinstance(images, (str, os.PathLike)) else images if isinstance(images, list) else []
+    for p in paths:
+        if isinstance(p, (str, os.PathLike)) and not (root / p).is_file():
+            return str((root / p).resolve())
+    return None
+
+
 def inference_entries(
     datalist: str | os.PathLike | None = None, dataset_dir: str | os.PathLike | None = None, split: str = "test"
 ) -> tuple[list[dict], list[DatasetProblem]]:
@@ -995,7 +1003,7 @@ def inference_entries(
                 entries.append(_checked_entry(entry, number, path, root))
             except (FileNotFoundError, ValueError) as err:
                 name = entry.get("case") or entry.get("id") if isinstance(entry, dict) else None
-                missing = err.filename if isinstance(err, FileNotFoundError) else None
+                missing = _missing_image(entry, root) if isinstance(err, FileNotFoundError) else None
                 problems.append(DatasetProblem(str(name or f"entry {number}"), missing, str(err)))
     else:
         if dataset_dir is None:

@@ -109,7 +109,7 @@ def test_atlas_frame_detection():
     assert not in_atlas_frame(rotated, shape)
 
 
-def test_registration_pair_and_fallbacks():
+def test_registration_pair_and_fallbacks(templates):
     """The pair registered: a present modality's own template; without one, the first (t1) template by mutual
     information. When ITK fails, the centres of mass and sizes are aligned instead."""
     assert registration_pair(["t1c", "flair"], ["t1", "t1c", "t2", "flair"]) == ("t1c", "t1c")
@@ -127,3 +127,8 @@ def test_registration_pair_and_fallbacks():
     assert isinstance(found, TemplateRegistration) and found.method == "moments"
     np.testing.assert_allclose(found.transform[:3, 3], [20.0, -6.0, -12.0], atol=1e-3)
     np.testing.assert_allclose(found.transform[:3, :3], np.eye(3), atol=1e-3)
+
+    # ITK cannot register a featureless case: the imputation falls back to the moments and says so
+    flat = MetaTensor(torch.full((4, 24, 24, 24), 5.0), affine=torch.diag(torch.tensor([3.0, 3.0, 3.0, 1.0])))
+    out = ImputeMissingModalities(templates, MODALITIES)(flat, ["t2"], case="flat")
+    assert json.loads(out.meta["template_registration"])["method"] == "moments"
