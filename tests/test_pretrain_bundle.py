@@ -5,11 +5,13 @@ Every run writes under ``tmp_path`` (``--bundle_root``); the data is the session
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -47,7 +49,8 @@ def test_quick_run_exports_models_templates_and_tracking(
     _run(command, subprocess_env, tmp_path, tmp_path / "run.log")
 
     models = root / "models"
-    shape, affine = atlas_grid(2.0)
+    quick = json.loads((repo_root / "bundles" / "brainmvp_pretrain" / "configs" / "quick.json").read_text())
+    shape, affine = atlas_grid(quick["template_spacing"])
     model = brainmvp_pretrain_model("tiny", template_shape=shape, template_affine=affine)
     model.load_state_dict(torch.load(models / "model.pt", weights_only=True))  # a plain, complete state dict
     encoder_state = torch.load(models / "encoder.pt", weights_only=True)
@@ -56,10 +59,17 @@ def test_quick_run_exports_models_templates_and_tracking(
     templates = sorted(p.name for p in (models / "templates").glob("template_*.nii.gz"))
     assert templates == sorted(f"template_{m}.nii.gz" for m in model.templates.modalities)
     assert (models / "templates" / "templates.png").stat().st_size > 0
+    evolution = np.load(models / "templates" / "template_evolution.npz")
+    assert evolution["epochs"].tolist() == [0, 1, 2]  # from the zero initialisation to the end
+    assert not evolution["t1"][0].any() and evolution["t1"][-1].any()
+    assert (models / "templates" / "template_evolution.png").stat().st_size > 0
     assert (models / "checkpoints" / "checkpoint_epoch=2.pt").is_file()
 
     output = root / "eval"
     assert list(output.glob("events.out.tfevents.*"))
+    curves = json.loads((output / "training_curves.json").read_text())
+    assert [r["epoch"] for r in curves] == [1, 2] and {"train_loss_md", "train_loss_cmr"} <= set(curves[0])
+    assert (output / "training_curves.png").stat().st_size > 0
     assert {p.name for p in (output / "previews").glob("*.png")} == {
         f"epoch_000{e}_{kind}.png" for e in (1, 2) for kind in ("reconstruction", "templates")
     }
@@ -115,3 +125,23 @@ def test_torchrun_two_processes_gloo(tmp_path, pretrain_cohort, repo_root, pytho
     assert (root / "models" / "checkpoints" / "checkpoint_epoch=1.pt").is_file()
     assert log.count("exported 8 modality templates") == 1  # rank 0 only
     assert log.count("Epoch[1] Metrics") == 1
+
+
+def test_evaluate_reports_reconstruction_ratio_and_template_fidelity(
+    tmp_path, pretrain_cohort, repo_root, python_executable, subprocess_env
+):
+    """evaluate.json scores a trained run on the held-out split: the report the demo's summary reads."""
+    root = tmp_path / "bundle"
+    _run(_command(python_executable, repo_root, root, pretrain_cohort, "--epochs", "1"), subprocess_env, tmp_path,
+         tmp_path / "train.log")  # fmt: skip
+    evaluate = _command(python_executable, repo_root, root, pretrain_cohort, configs=[*CONFIGS, "evaluate.json"])
+    _run(evaluate, subprocess_env, tmp_path, tmp_path / "evaluate.log")
+    report = json.loads((root / "eval" / "metrics.json").read_text())
+    assert report["reconstruction"]["crops"] > 0
+    assert report["reconstruction_mse_ratio"] == pytest.approx(
+        report["reconstruction"]["mse"] / report["reconstruction"]["mean_fill_mse"]
+    )
+    modalities = {m for case in json.loads((pretrain_cohort / "datalist.json").read_text())["training"]
+                  for m in case["modalities"]}  # fmt: skip
+    assert set(report["templates_r"]) == modalities
+    assert all(-1.0 <= r <= 1.0 for r in report["templates_r"].values())

@@ -3,7 +3,7 @@
 BraTS regions (tumour core, whole tumour, enhancing tumour) overlap, so each is an independent sigmoid output.
 The loss per output scale is ``dice_weight * soft Dice + bce_weight * BCE`` averaged over regions and batch
 (MONAI :class:`~monai.losses.DiceCELoss` with ``sigmoid=True``, whose cross-entropy term is
-``BCEWithLogitsLoss`` for multi-label targets), summed over the deep-supervision outputs with equal weights
+``BCEWithLogitsLoss`` for multi-label targets), summed over the deep-supervision outputs with equal weights by default
 (MONAI :class:`~monai.losses.DeepSupervisionLoss`).
 """
 
@@ -30,8 +30,14 @@ class DeepSupervisionDiceBCELoss(DeepSupervisionLoss):
     Args:
         dice_weight: weight of the soft Dice term (0.7 in BrainMVP).
         bce_weight: weight of the binary cross-entropy term (0.3 in BrainMVP).
-        scale_weights: weights of the deep-supervision outputs, full resolution first; ``None`` sums them
-            with weight 1 (BrainMVP).
+        scale_weights: weights of the deep-supervision outputs, full resolution first; ``None`` uses
+            ``weight_mode``.
+        weight_mode: weights of the outputs when ``scale_weights`` is ``None``: ``"same"`` (1 each, BrainMVP),
+            ``"exp"`` (1, 0.5, 0.25, ...: the coarse outputs guide rather than dominate) or ``"two"``; see
+            :class:`~monai.losses.DeepSupervisionLoss`.
+        batch_dice: compute the soft Dice over the whole batch per region instead of per sample (MONAI's
+            ``batch=True``). A crop without tumour then no longer yields a Dice of 0 or 1 from a handful of
+            voxels, which steadies training on small, tumour-centred crops.
         smooth_nr, smooth_dr: Dice smoothing terms, see :class:`~monai.losses.DiceLoss`.
 
     Shapes:
@@ -45,10 +51,17 @@ class DeepSupervisionDiceBCELoss(DeepSupervisionLoss):
         dice_weight: float = 0.7,
         bce_weight: float = 0.3,
         scale_weights: list[float] | None = None,
+        weight_mode: str = "same",
+        batch_dice: bool = False,
         smooth_nr: float = 1e-5,
         smooth_dr: float = 1e-5,
     ) -> None:
         region_loss = _RegionDiceBCE(
-            sigmoid=True, lambda_dice=dice_weight, lambda_ce=bce_weight, smooth_nr=smooth_nr, smooth_dr=smooth_dr
+            sigmoid=True,
+            lambda_dice=dice_weight,
+            lambda_ce=bce_weight,
+            smooth_nr=smooth_nr,
+            smooth_dr=smooth_dr,
+            batch=batch_dice,
         )
-        super().__init__(region_loss, weight_mode="same", weights=scale_weights)
+        super().__init__(region_loss, weight_mode=weight_mode, weights=scale_weights)

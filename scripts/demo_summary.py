@@ -1,0 +1,75 @@
+"""Demo helper: stage timings and the end-of-demo summary of what the bundles learned.
+
+``record-seconds`` adds one stage's wall time to a JSON file (atomically); ``write`` gathers the pre-training,
+segmentation and classification reports under ``--runs`` into ``OUT/summary.json``
+(:func:`brainmvp_components.learning_report.build_learning_summary`) and prints it as a table of figures and
+targets. Exit status: 0 when the summary was written (whether or not every target is met), 1 when a report is
+missing.
+
+    python scripts/demo_summary.py record-seconds --file OUT/seconds.json --stage pretrain --seconds 180
+    python scripts/demo_summary.py write --out OUT --runs OUT/runs --seconds OUT/seconds.json --total 840
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from brainmvp_components.learning_report import build_learning_summary, summary_table
+from brainmvp_components.reports import write_json
+
+
+def _read(path: Path, what: str) -> dict:
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} report {path} does not exist (did that stage run?)")
+    return json.loads(path.read_text())
+
+
+def record_seconds(file: Path, stage: str, seconds: float) -> None:
+    times = json.loads(file.read_text()) if file.is_file() else {}
+    times[stage] = float(seconds)
+    write_json(file, times)
+
+
+def write_summary(out: Path, runs: Path, seconds_file: Path, total: float | None) -> int:
+    try:
+        pretrain = _read(runs / "pretrain" / "eval" / "metrics.json", "pre-training evaluation")
+        dice = _read(runs / "seg" / "demo" / "dice_summary.json", "segmentation Dice")
+        cls = _read(runs / "cls" / "eval" / "metrics.json", "classification evaluation")
+    except FileNotFoundError as err:
+        print(f"summary not written: {err}", file=sys.stderr)
+        return 1
+    seconds = json.loads(seconds_file.read_text()) if seconds_file.is_file() else {}
+    if total is not None:
+        seconds["total"] = float(total)
+    cases = dice.get("cases", {}).get("all_modalities")
+    summary = build_learning_summary(pretrain, dice, cls, seconds, seg_cases=None if cases is None else len(cases))
+    path = write_json(out / "summary.json", summary)
+    print(summary_table(summary))
+    print(f"summary: {path}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    record = commands.add_parser("record-seconds", help="add one stage's wall time to a JSON file")
+    record.add_argument("--file", required=True, type=Path)
+    record.add_argument("--stage", required=True)
+    record.add_argument("--seconds", required=True, type=float)
+    write = commands.add_parser("write", help="write OUT/summary.json and print it")
+    write.add_argument("--out", required=True, type=Path, help="demo output folder")
+    write.add_argument("--runs", required=True, type=Path, help="folder of the bundle runs (pretrain, seg, cls)")
+    write.add_argument("--seconds", required=True, type=Path, help="the stage timings written by record-seconds")
+    write.add_argument("--total", type=float, default=None, help="wall time of the whole demo")
+    args = parser.parse_args(argv)
+    if args.command == "record-seconds":
+        record_seconds(args.file, args.stage, args.seconds)
+        return 0
+    return write_summary(args.out, args.runs, args.seconds, args.total)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
