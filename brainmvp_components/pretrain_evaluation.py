@@ -148,7 +148,7 @@ def reconstruction_mse_ratio(
 ) -> dict[str, Any]:
     """Cross-modal reconstruction error on the masked voxels, relative to filling them with the crop's mean.
 
-    Every target crop of every batch is block-masked (a seeded mask, ``repeats`` times per batch) and its masked
+    Every target crop of every batch is block-masked (a seeded mask) and its masked
     blocks filled with its partner modality (view B of pre-training; targets without a partner fall back to the
     template fill, as in training). The reconstruction's squared error over the masked voxels is summed over all
     crops and divided by the squared error of the crop's mean intensity over the same voxels.
@@ -156,12 +156,12 @@ def reconstruction_mse_ratio(
     Args:
         network: the pre-training model (``BrainMVPPretrainModel``), in any wrapper.
         batches: collated pre-training batches (``image``, ``modality_index``, ``partner``), such as the
-            pre-training data loader over held-out cases.
+            pre-training data loader over held-out cases; an iterable that can be iterated ``repeats`` times.
         mask_ratio: fraction of masked blocks.
         block_size: block side in voxels.
         seed: seed of the masks.
         device: where the network runs.
-        repeats: masks drawn per batch.
+        repeats: passes over ``batches``; a data loader with random crops yields new crops on every pass.
 
     Returns:
         ``{"ratio", "mse", "mean_fill_mse", "crops"}``; ``ratio`` is ``nan`` when no voxel was masked.
@@ -173,29 +173,28 @@ def reconstruction_mse_ratio(
     error = baseline = 0.0
     voxels = crops = 0
     try:
-        for batch in batches:
+        for batch in (batch for _ in range(int(repeats)) for batch in batches):
             image = batch["image"]
             images = torch.as_tensor(image).as_subclass(torch.Tensor).to(device)
             affine = torch.as_tensor(getattr(image, "affine", torch.eye(4)))
             if affine.ndim == 2:
                 affine = affine.expand(images.shape[0], 4, 4)
-            for _ in range(int(repeats)):
-                terms = compute_pretrain_losses(
-                    network,
-                    images,
-                    batch["modality_index"],
-                    batch["partner"],
-                    affine,
-                    mask_ratio=mask_ratio,
-                    block_size=block_size,
-                    generator=generator,
-                )
-                target, mask, rec = terms["target"].float(), terms["mask"], terms["rec_b"].float()
-                crop_mean = target.mean(dim=(1, 2, 3, 4), keepdim=True)
-                error += float(((rec - target) ** 2)[mask].sum())
-                baseline += float(((crop_mean.expand_as(target) - target) ** 2)[mask].sum())
-                voxels += int(mask.sum())
-                crops += target.shape[0]
+            terms = compute_pretrain_losses(
+                network,
+                images,
+                batch["modality_index"],
+                batch["partner"],
+                affine,
+                mask_ratio=mask_ratio,
+                block_size=block_size,
+                generator=generator,
+            )
+            target, mask, rec = terms["target"].float(), terms["mask"], terms["rec_b"].float()
+            crop_mean = target.mean(dim=(1, 2, 3, 4), keepdim=True)
+            error += float(((rec - target) ** 2)[mask].sum())
+            baseline += float(((crop_mean.expand_as(target) - target) ** 2)[mask].sum())
+            voxels += int(mask.sum())
+            crops += target.shape[0]
     finally:
         module.train(was_training)
     ratio = error / baseline if baseline > 0 else float("nan")

@@ -291,7 +291,8 @@ def save_segmentation_comparison(
     title: str | None = None,
     dpi: int = 100,
 ) -> Path:
-    """Reference and predictions side by side at the axial slice with the most tumour in any of them.
+    """Reference and predictions side by side at the axial slice with the most reference tumour (with an empty
+    reference, the most predicted tumour).
 
     Args:
         image: ``(H, W, D)`` image under the labels.
@@ -305,7 +306,8 @@ def save_segmentation_comparison(
     for name, label in maps.items():
         if label.shape != volume.shape:
             raise ValueError(f"save_segmentation_comparison({path}): {name} shape {label.shape} != {volume.shape}")
-    k = tumour_slice(*maps.values())
+    k = tumour_slice(maps["reference"])
+    k = tumour_slice(*maps.values()) if k < 0 else k  # no reference tumour: where the predictions put one
     k = volume.shape[2] // 2 if k < 0 else k
     window = display_range(volume)
     fig, axes = _figure(1, len(maps) + 1, title)

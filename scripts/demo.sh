@@ -46,22 +46,29 @@ run_bundle() {  # run_bundle BUNDLE_DIR "config files" ARGS...
 }
 
 stage cohorts "1/5 embedded cohorts, datalists and previews"
-# kind, subjects, validation and test fractions (pre-training trains on its training split only)
-for spec in "pretrain 10 0.2 0 --preview" "brats 20 0.2 0.2 --preview" "adni 80 0.2 0.2"; do
-  set -- $spec
+make_cohort() {  # make_cohort KIND SUBJECTS VAL_FRACTION TEST_FRACTION [--preview]
   if [ ! -f "$DATA/$1/datalist.json" ]; then
-    python scripts/make_cohort.py --out "$DATA/$1" --kind "$1" --subjects "$2" --seed 0 --spacing 2 ${5-}
+    python scripts/make_cohort.py --out "$DATA/$1" --kind "$1" --subjects "$2" --seed 0 --spacing 2 ${5-} \
+      > "$DATA/$1.log" 2>&1
     python scripts/prepare_datalist.py --data-dir "$DATA/$1" --out "$DATA/$1/datalist.json" \
-      --val-fraction "$3" --test-fraction "$4" --seed 0
+      --val-fraction "$3" --test-fraction "$4" --seed 0 >> "$DATA/$1.log" 2>&1
   fi
-  echo "$1: $(ls -d "$DATA/$1"/*/ | wc -l) cases${5:+, previews in $DATA/$1/.previews/}"
+}
+# the classification cohort is the largest: build it beside the other two (logs in DATA/<kind>.log)
+make_cohort adni 80 0.2 0.2 & adni_job=$!
+make_cohort pretrain 10 0.2 0 --preview  # pre-training trains on its training split only
+make_cohort brats 20 0.2 0.2 --preview
+wait "$adni_job" || { echo "the adni cohort failed: $(tail -n 3 "$DATA/adni.log")" >&2; exit 1; }
+for kind in pretrain brats adni; do
+  echo "$kind: $(ls -d "$DATA/$kind"/*/ | wc -l) cases; $(tail -n 1 "$DATA/$kind.log" 2>/dev/null | sed 's/.*: wrote/wrote/')"
 done
+echo "previews: $DATA/pretrain/.previews/, $DATA/brats/.previews/"
 
 stage pretrain "2/5 pre-training (tiny UniFormer, 32^3 crops at 2 mm, templates on an 8 mm grid)"
 PRETRAIN_CONFIGS="['$PRETRAIN/configs/train.json','$PRETRAIN/configs/quick.json']"
 run_bundle "$PRETRAIN" "$PRETRAIN_CONFIGS" --bundle_root "$RUNS/pretrain" --dataset_dir "$DATA/pretrain" \
-  --epochs "${DEMO_PRETRAIN_EPOCHS:-120}" --template_warmup_epochs 24 --contrastive_start_epoch 80 \
-  --preview_interval 40
+  --epochs "${DEMO_PRETRAIN_EPOCHS:-100}" --template_warmup_epochs 20 --contrastive_start_epoch 67 \
+  --preview_interval 50
 run_bundle "$PRETRAIN" "${PRETRAIN_CONFIGS%]},'$PRETRAIN/configs/evaluate.json']" \
   --bundle_root "$RUNS/pretrain" --dataset_dir "$DATA/pretrain"
 echo "encoder: $RUNS/pretrain/models/encoder.pt"
@@ -70,9 +77,11 @@ echo "held-out reconstruction and template fidelity: $RUNS/pretrain/eval/metrics
 
 stage segmentation "3/5 segmentation: fine-tune from the pre-trained encoder, segment the held-out cases"
 SEG_CONFIGS="['$SEG/configs/train.json','$SEG/configs/quick.json']"
+SEG_EPOCHS="${DEMO_SEG_EPOCHS:-34}"
 run_bundle "$SEG" "$SEG_CONFIGS" --bundle_root "$RUNS/seg" --dataset_dir "$DATA/brats" \
   --pretrained_encoder "$RUNS/pretrain/models/encoder.pt" --templates_dir "$RUNS/pretrain/models/templates" \
-  --max_epochs "${DEMO_SEG_EPOCHS:-36}" --epoch_length 10 --val_interval 12 --batch_size 2
+  --max_epochs "$SEG_EPOCHS" --epoch_length 10 --val_interval "$(( SEG_EPOCHS > 2 ? SEG_EPOCHS / 2 : 1 ))" \
+  --batch_size 2
 python scripts/demo_missing_modality.py prepare --datalist "$DATA/brats/datalist.json" --out "$RUNS/seg/demo" \
   --drop flair
 for run in all_modalities missing_modalities; do
@@ -86,13 +95,13 @@ echo "predictions, overlays and reference comparisons: $RUNS/seg/demo/"
 stage classification "4/5 classification: fine-tune the pre-trained encoder (AD vs CN), evaluate on the test split"
 CLS_CONFIGS="['$CLS/configs/train.json','$CLS/configs/quick.json']"
 CLS_ARGS=(--bundle_root "$RUNS/cls" --dataset_dir "$DATA/adni" --roi_size "[48,48,48]")
+CLS_EPOCHS="${DEMO_CLS_EPOCHS:-20}"
 run_bundle "$CLS" "$CLS_CONFIGS" "${CLS_ARGS[@]}" --pretrained_encoder "$RUNS/pretrain/models/encoder.pt" \
-  --templates_dir "$RUNS/pretrain/models/templates" --max_epochs "${DEMO_CLS_EPOCHS:-25}" --epoch_length 12 \
-  --val_interval 5 --learning_rate 0.001 --block_fill_ratio "[0.0,0.2]"
+  --templates_dir "$RUNS/pretrain/models/templates" --max_epochs "$CLS_EPOCHS" --epoch_length 12 \
+  --val_interval "$(( CLS_EPOCHS > 5 ? CLS_EPOCHS / 5 : 1 ))" --learning_rate 0.001 --block_fill_ratio "[0.0,0.2]"
 run_bundle "$CLS" "${CLS_CONFIGS%]},'$CLS/configs/evaluate.json']" "${CLS_ARGS[@]}"
 
 stage summary "5/5 summary"
-record_stage
 python scripts/demo_summary.py write --out "$OUT" --runs "$RUNS" --seconds "$SECONDS_FILE" \
   --total "$(( $(date +%s) - start ))"
 echo "all outputs are under $OUT; training curves: $RUNS/*/eval/training_curves.png"

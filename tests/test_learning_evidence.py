@@ -299,3 +299,25 @@ def test_demo_summary_script_writes_summary(tmp_path, repo_root, subprocess_env,
         env=subprocess_env,
     )
     assert missing.returncode == 1 and "does not exist" in missing.stderr
+
+
+def test_template_range_floor_bounds_the_first_gradient():
+    """A zero template's crop has no range: its gradient is divided by the floor (a million-fold amplification
+    with the numerical default, none with a floor of 1), while crops with a larger range normalise as before."""
+
+    def first_gradient(floor: float) -> torch.Tensor:
+        model = brainmvp_pretrain_model("tiny", template_shape=(8, 8, 8), template_affine=np.eye(4),
+                                        template_range_floor=floor)  # fmt: skip
+        crop = model.templates.crop(torch.tensor([0]), np.eye(4), (4, 4, 4))
+        assert not crop.any()
+        (crop * torch.linspace(0, 1, crop.numel()).reshape(crop.shape)).sum().backward()
+        return model.templates.weight.grad[0, :4, :4, :4]
+
+    amplified, floored = first_gradient(1e-6), first_gradient(1.0)
+    assert 0 < floored.abs().max() <= 64 and amplified.abs().max() >= 1e5
+    model = brainmvp_pretrain_model("tiny", template_shape=(8, 8, 8), template_affine=np.eye(4),
+                                    template_range_floor=1.0)  # fmt: skip
+    with torch.no_grad():
+        model.templates.weight.uniform_(0.0, 5.0, generator=torch.Generator().manual_seed(0))
+    crop = model.templates.crop(torch.tensor([0]), np.eye(4), (4, 4, 4))
+    assert crop.min().item() == 0.0 and crop.max().item() == pytest.approx(1.0)  # plain min-max above the floor

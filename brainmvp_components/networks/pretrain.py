@@ -152,6 +152,7 @@ def brainmvp_pretrain_model(
     template_shape: Sequence[int] = BRATS_ATLAS_SHAPE,
     template_affine: np.ndarray | torch.Tensor | None = None,
     modalities: Sequence[str] = CANONICAL_MODALITIES,
+    template_range_floor: float = 1e-6,
     **encoder_kwargs,
 ) -> BrainMVPPretrainModel:
     """Build a :class:`BrainMVPPretrainModel` from a UniFormer preset, for bundle configs.
@@ -161,6 +162,13 @@ def brainmvp_pretrain_model(
         template_shape: spatial shape ``(H, W, D)`` of each template (the atlas grid by default).
         template_affine: 4x4 voxel-to-world affine of the template grid (``BRATS_ATLAS_AFFINE`` by default).
         modalities: template modalities (canonical names or aliases).
+        template_range_floor: the smallest value range a template crop is stretched from in its min-max
+            normalisation (``ModalityTemplates.eps``). A crop of a zero-initialised template has no range at all,
+            and its gradient reaches the template divided by this floor: with the default (a numerical guard
+            only) the first steps' gradients are a million times larger than later ones, and Adam's
+            second-moment estimate then shrinks every later step of those voxels for thousands of iterations,
+            freezing the first steps' noise. A floor of the order of the image range (1) keeps early and late
+            gradients comparable; crops whose range exceeds the floor are normalised exactly as before.
         encoder_kwargs: overrides for :class:`UniFormer3D` (``in_channels`` is fixed to 1).
     """
     from brainmvp_components.templates import ModalityTemplates
@@ -170,5 +178,7 @@ def brainmvp_pretrain_model(
     encoder = UniFormer3D(**{**UNIFORMER_PRESETS[preset], **encoder_kwargs, "in_channels": 1})
     decoder = PretrainDecoder(encoder.out_channels, out_channels=1)
     affine = BRATS_ATLAS_AFFINE if template_affine is None else template_affine
-    templates = ModalityTemplates(modalities=tuple(modalities), spatial_shape=tuple(template_shape), affine=affine)
+    templates = ModalityTemplates(
+        modalities=tuple(modalities), spatial_shape=tuple(template_shape), affine=affine, eps=template_range_floor
+    )
     return BrainMVPPretrainModel(encoder, decoder, templates)
