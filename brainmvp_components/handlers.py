@@ -34,6 +34,7 @@ __all__ = [
     "TemplateEvolutionHandler",
     "TemplateExportHandler",
     "TrainingCurvesHandler",
+    "loss_terms",
     "mlflow_runs",
 ]
 
@@ -305,6 +306,18 @@ def _scalar(value: Any) -> float | None:
         value = float(value)
         return value if np.isfinite(value) else None
     return None
+
+
+def loss_terms(*keys: str):
+    """An ``output_transform`` giving ``{key: value}`` for the ``keys`` present in a trainer's output (a
+    dictionary, or MONAI's decollated list of them), e.g. ``loss_terms("loss", "task_loss", "consistency_loss")``
+    for :class:`TrainingCurvesHandler`."""
+
+    def transform(output: Any) -> dict[str, Any]:
+        item = output[0] if isinstance(output, (list, tuple)) and output else output
+        return {key: item[key] for key in keys if isinstance(item, Mapping) and key in item}
+
+    return transform
 
 
 class TrainingCurvesHandler:
