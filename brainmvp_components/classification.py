@@ -46,6 +46,7 @@ else:
 
 __all__ = [
     "METRIC_NAMES",
+    "split_selection_metric",
     "confusion_matrix",
     "classification_metrics",
     "class_weights",
@@ -61,6 +62,18 @@ logger = logging.getLogger(__name__)
 
 METRIC_NAMES: tuple[str, ...] = ("accuracy", "balanced_accuracy", "f1", "auc")
 """Scalar metrics reported by :func:`classification_metrics`."""
+
+
+def split_selection_metric(metrics: dict[str, Any], name: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``({name: metric}, {the other metrics})``: the metric that selects the best model (an evaluator's
+    ``key_val_metric``) and the ones only reported (``additional_metrics``).
+
+    Raises:
+        ValueError: ``name`` is not one of the metrics (the message lists them).
+    """
+    if name not in metrics:
+        raise ValueError(f"selection metric {name!r} is not one of the validation metrics {sorted(metrics)}")
+    return {name: metrics[name]}, {k: v for k, v in metrics.items() if k != name}
 
 
 def _label_indices(labels: torch.Tensor | Sequence[int], num_classes: int) -> torch.Tensor:

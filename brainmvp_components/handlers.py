@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -308,7 +308,7 @@ def _scalar(value: Any) -> float | None:
     return None
 
 
-def loss_terms(*keys: str):
+def loss_terms(*keys: str) -> Callable[[Any], dict[str, Any]]:
     """An ``output_transform`` giving ``{key: value}`` for the ``keys`` present in a trainer's output (a
     dictionary, or MONAI's decollated list of them), e.g. ``loss_terms("loss", "task_loss", "consistency_loss")``
     for :class:`TrainingCurvesHandler`."""
@@ -343,7 +343,7 @@ class TrainingCurvesHandler:
     def __init__(
         self,
         output_dir: str | os.PathLike,
-        output_transform: Any = None,
+        output_transform: Callable[[Any], Any] | None = None,
         loss_name: str = "train_loss",
         name: str = "training_curves",
         title: str | None = None,
@@ -355,7 +355,7 @@ class TrainingCurvesHandler:
         self.title = title
         self.history: list[dict[str, float]] = []
         self._sums: dict[str, float] = {}
-        self._count = 0
+        self._counts: dict[str, int] = {}
 
     @property
     def json_path(self) -> Path:
@@ -392,7 +392,7 @@ class TrainingCurvesHandler:
             self.history = []
 
     def _reset(self, engine: Engine) -> None:
-        self._sums, self._count = {}, 0
+        self._sums, self._counts = {}, {}
 
     def _iteration_completed(self, engine: Engine) -> None:
         if self.output_transform is None:
@@ -402,13 +402,13 @@ class TrainingCurvesHandler:
             values = {self.loss_name: values}
         for key, value in values.items():
             scalar = _scalar(value)
-            if scalar is not None:
+            if scalar is not None:  # a non-finite step is left out of its term's mean
                 self._sums[key] = self._sums.get(key, 0.0) + scalar
-        self._count += 1
+                self._counts[key] = self._counts.get(key, 0) + 1
 
     def _epoch_completed(self, engine: Engine) -> None:
         record: dict[str, float] = {"epoch": engine.state.epoch}
-        record.update({k: v / self._count for k, v in self._sums.items()} if self._count else {})
+        record.update({k: v / self._counts[k] for k, v in self._sums.items()})
         for key, value in engine.state.metrics.items():
             scalar = _scalar(value)
             if scalar is not None:
@@ -442,10 +442,10 @@ class TemplateEvolutionHandler:
     """The distilled templates from initialisation to the end of pre-training, as one montage.
 
     At the start of training and every ``interval`` epochs, the axial slice through the middle of each template
-    is recorded; when training completes, ``template_evolution.png`` (one row per modality, one column per
-    snapshot, :func:`brainmvp_components.visualisation.save_template_evolution`) and the snapshots
-    (``template_evolution.npz``) are written to ``output_dir``. Modalities whose template is still all zero at
-    the end (no training case had them) are left out. A resumed run continues the snapshots it finds.
+    is recorded in ``output_dir/template_evolution.npz`` (rewritten atomically at each snapshot, so a killed run
+    resumes its snapshots); when training completes, ``template_evolution.png`` (one row per modality, one
+    column per snapshot, :func:`brainmvp_components.visualisation.save_template_evolution`) is drawn from them.
+    Modalities whose template is still all zero at the end (no training case had them) are left out.
 
     Args:
         templates: a :class:`~brainmvp_components.templates.ModalityTemplates`, or a module holding one as
@@ -498,17 +498,22 @@ class TemplateEvolutionHandler:
         self.epochs.append(epoch)
         for name, volume in self.templates.as_arrays().items():
             self.slices.setdefault(name, []).append(volume[:, :, volume.shape[2] // 2].copy())
+        self._write_snapshots()
 
-    def _completed(self, engine: Engine) -> Path | None:
+    def _write_snapshots(self) -> None:
+        """The snapshots so far, atomically: a killed run resumes them."""
         from brainmvp_components.reports import atomic_write
-        from brainmvp_components.visualisation import save_template_evolution
 
-        self._snapshot(engine)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         arrays = {name: np.stack(slices) for name, slices in self.slices.items()}
         atomic_write(
             self.npz_path, lambda tmp: np.savez_compressed(tmp, epochs=np.asarray(self.epochs), **arrays), ".npz"
         )
+
+    def _completed(self, engine: Engine) -> Path | None:
+        from brainmvp_components.visualisation import save_template_evolution
+
+        self._snapshot(engine)
         trained = {name: slices for name, slices in self.slices.items() if np.any(slices[-1])}
         if not trained:
             return None

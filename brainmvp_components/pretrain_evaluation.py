@@ -175,8 +175,13 @@ def reconstruction_mse_ratio(
     try:
         for batch in (batch for _ in range(int(repeats)) for batch in batches):
             image = batch["image"]
+            if not hasattr(image, "affine"):
+                raise TypeError(
+                    "batch['image'] must be a MetaTensor whose affine places each crop in world space (the template "
+                    f"fill of targets without a partner is cropped there), got {type(image).__name__}"
+                )
             images = torch.as_tensor(image).as_subclass(torch.Tensor).to(device)
-            affine = torch.as_tensor(getattr(image, "affine", torch.eye(4)))
+            affine = torch.as_tensor(image.affine)
             if affine.ndim == 2:
                 affine = affine.expand(images.shape[0], 4, 4)
             terms = compute_pretrain_losses(
@@ -238,13 +243,14 @@ def evaluate_pretraining(
     report = {
         "reconstruction_mse_ratio": reconstruction["ratio"],
         "reconstruction": reconstruction,
-        "templates_r": correlations,
+        # a template that never trained (its modality was never sampled) is constant: r is undefined, null in JSON
+        "templates_r": {m: (r if math.isfinite(r) else None) for m, r in correlations.items()},
     }
     write_json(Path(output_path), report)
     logger.info(
         "reconstruction MSE ratio %.3f over %d held-out crops; template r %s",
         reconstruction["ratio"],
         reconstruction["crops"],
-        ", ".join(f"{k} {v:.2f}" for k, v in correlations.items()),
+        ", ".join(f"{k} {v:.2f}" for k, v in correlations.items()),  # nan shows as nan
     )
     return report

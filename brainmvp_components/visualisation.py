@@ -355,7 +355,8 @@ def save_template_evolution(
 def save_training_curves(
     history: Sequence[Mapping[str, float]], path: str | os.PathLike, title: str | None = None, dpi: int = 100
 ) -> Path:
-    """Training curves from per-epoch records: loss terms (left, log scale) and validation metrics (right).
+    """Training curves from per-epoch records: loss terms (log scale), metrics, and distances (HD95) on their own
+    panel so that millimetres do not flatten the scores.
 
     Args:
         history: one ``{"epoch": int, name: value, ...}`` per record; names containing ``loss`` are losses,
@@ -374,8 +375,11 @@ def save_training_curves(
     if not series:
         raise ValueError(f"save_training_curves({path}): no values to plot")
     losses = {n: v for n, v in series.items() if "loss" in n}
-    metrics = {n: v for n, v in series.items() if "loss" not in n}
-    groups = [(g, label) for g, label in ((losses, "loss"), (metrics, "validation metric")) if g]
+    distances = {n: v for n, v in series.items() if "loss" not in n and ("hd" in n or "distance" in n)}
+    metrics = {n: v for n, v in series.items() if n not in losses and n not in distances}
+    groups = [
+        (g, label) for g, label in ((losses, "loss"), (metrics, "metric"), (distances, "distance (mm)")) if g
+    ]
     fig = Figure(figsize=(5.5 * len(groups), 3.8))
     FigureCanvasAgg(fig)
     if title:

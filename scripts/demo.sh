@@ -77,19 +77,20 @@ echo "held-out reconstruction and template fidelity: $RUNS/pretrain/eval/metrics
 
 stage segmentation "3/5 segmentation: fine-tune from the pre-trained encoder, segment the held-out cases"
 # template channel replacement stays on (half of the crops); the paired copy with its consistency term is off:
-# within the CPU budget, four different crops per step learn more than two crops seen twice
+# within the CPU budget, four different crops per step learn more than two crops seen twice. Booleans are
+# written False/True: the command line parses them as Python literals, and "false" would be a (true) string.
 SEG_CONFIGS="['$SEG/configs/train.json','$SEG/configs/quick.json']"
 SEG_EPOCHS="${DEMO_SEG_EPOCHS:-40}"
 run_bundle "$SEG" "$SEG_CONFIGS" --bundle_root "$RUNS/seg" --dataset_dir "$DATA/brats" \
   --pretrained_encoder "$RUNS/pretrain/models/encoder.pt" --templates_dir "$RUNS/pretrain/models/templates" \
   --max_epochs "$SEG_EPOCHS" --epoch_length 10 --val_interval "$(( SEG_EPOCHS > 2 ? SEG_EPOCHS / 2 : 1 ))" \
-  --batch_size 4 --pair_augmentation false
+  --batch_size 4 --pair_augmentation False
 python scripts/demo_missing_modality.py prepare --datalist "$DATA/brats/datalist.json" --out "$RUNS/seg/demo" \
   --drop flair
 for run in all_modalities missing_modalities; do
   run_bundle "$SEG" "['$SEG/configs/inference.json','$SEG/configs/quick.json']" \
     --bundle_root "$RUNS/seg" --datalist "$RUNS/seg/demo/$run.json" --output_dir "$RUNS/seg/demo/$run" \
-    --save_overlay true
+    --save_overlay True --overwrite True  # a resumed demo may have trained further: predict again
 done
 python scripts/demo_missing_modality.py report --datalist "$DATA/brats/datalist.json" --out "$RUNS/seg/demo"
 echo "predictions, overlays and reference comparisons: $RUNS/seg/demo/"
@@ -97,10 +98,11 @@ echo "predictions, overlays and reference comparisons: $RUNS/seg/demo/"
 stage classification "4/5 classification: fine-tune the pre-trained encoder (AD vs CN), evaluate on the test split"
 CLS_CONFIGS="['$CLS/configs/train.json','$CLS/configs/quick.json']"
 CLS_ARGS=(--bundle_root "$RUNS/cls" --dataset_dir "$DATA/adni" --roi_size "[48,48,48]")
-CLS_EPOCHS="${DEMO_CLS_EPOCHS:-20}"
+CLS_EPOCHS="${DEMO_CLS_EPOCHS:-30}"
 run_bundle "$CLS" "$CLS_CONFIGS" "${CLS_ARGS[@]}" --pretrained_encoder "$RUNS/pretrain/models/encoder.pt" \
   --templates_dir "$RUNS/pretrain/models/templates" --max_epochs "$CLS_EPOCHS" --epoch_length 12 \
-  --val_interval "$(( CLS_EPOCHS > 5 ? CLS_EPOCHS / 5 : 1 ))" --learning_rate 0.001 --block_fill_ratio "[0.0,0.2]"
+  --val_interval "$(( CLS_EPOCHS > 5 ? CLS_EPOCHS / 5 : 1 ))" --learning_rate 0.001 --block_fill_ratio "[0.0,0.2]" \
+  --selection_metric val_balanced_accuracy
 run_bundle "$CLS" "${CLS_CONFIGS%]},'$CLS/configs/evaluate.json']" "${CLS_ARGS[@]}"
 
 stage summary "5/5 summary"

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from ignite.engine import Engine, Events
+from monai.data import MetaTensor
 from torch import nn
 
 from brainmvp_components.atlas import atlas_grid
@@ -92,7 +93,7 @@ def _batch(same_partner: bool = True) -> dict:
     target = torch.rand(2, 1, 16, 16, 16)
     other = target if same_partner else torch.rand(2, 1, 16, 16, 16)
     return {
-        "image": torch.cat([target, other], dim=1),  # (B, K=2, H, W, D)
+        "image": MetaTensor(torch.cat([target, other], dim=1), affine=torch.eye(4)),  # (B, K=2, H, W, D)
         "modality_index": torch.tensor([[modality_index("t1"), modality_index("t2")]] * 2),
         "partner": torch.tensor([[1, 0]] * 2),
     }
@@ -108,6 +109,9 @@ def test_reconstruction_ratio_is_zero_for_a_perfect_and_one_for_a_mean_reconstru
     # an unrelated partner makes the identity worse than the mean: the ratio is not bounded by 1
     wrong = reconstruction_mse_ratio(_StubPretrainModel("identity"), [_batch(False)], mask_ratio=0.5, block_size=4)
     assert wrong["ratio"] > 1.0
+    plain = {**batch, "image": batch["image"].as_tensor()}
+    with pytest.raises(TypeError, match="MetaTensor"):  # no affine: the template fill could not be placed
+        reconstruction_mse_ratio(_StubPretrainModel("mean"), [plain])
 
 
 def test_reconstruction_ratio_of_a_real_model_is_finite_and_seeded():
