@@ -146,9 +146,8 @@ def summary_table(summary: Mapping[str, Any]) -> str:
             if key not in summary["targets"]:
                 value = summary[name][region]
                 rows.append((key, "n/a" if value is None else f"{value:.3f}", "", ""))
-    for metric in ("accuracy",):
-        value = summary["cls"].get(metric)
-        rows.append((f"cls.{metric}", "n/a" if value is None else f"{value:.3f}", "", ""))
+    accuracy = summary["cls"].get("accuracy")
+    rows.append(("cls.accuracy", "n/a" if accuracy is None else f"{accuracy:.3f}", "", ""))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))

@@ -248,60 +248,22 @@ def test_demo_summary_script_writes_summary(tmp_path, repo_root, subprocess_env,
         (runs / rel).parent.mkdir(parents=True, exist_ok=True)
         (runs / rel).write_text(json.dumps(doc))
     script = str(repo_root / "scripts" / "demo_summary.py")
+
+    def demo_summary(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([python_executable, script, *args], capture_output=True, text=True, env=subprocess_env)
+
     for stage, value in seconds.items():
-        subprocess.run(
-            [
-                python_executable,
-                script,
-                "record-seconds",
-                "--file",
-                str(tmp_path / "s.json"),
-                "--stage",
-                stage,
-                "--seconds",
-                str(value),
-            ],
-            check=True,
-            env=subprocess_env,
-        )
-    result = subprocess.run(
-        [
-            python_executable,
-            script,
-            "write",
-            "--out",
-            str(tmp_path),
-            "--runs",
-            str(runs),
-            "--seconds",
-            str(tmp_path / "s.json"),
-            "--total",
-            "250",
-        ],
-        capture_output=True,
-        text=True,
-        env=subprocess_env,
-    )
+        recorded = demo_summary("record-seconds", "--file", str(tmp_path / "s.json"), "--stage", stage, "--seconds",
+                                str(value))  # fmt: skip
+        assert recorded.returncode == 0, recorded.stderr
+    result = demo_summary("write", "--out", str(tmp_path), "--runs", str(runs), "--seconds", str(tmp_path / "s.json"),
+                          "--total", "250")  # fmt: skip
     assert result.returncode == 0, result.stderr
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["seconds"] == {"cohorts": 60.0, "pretrain": 180.0, "total": 250.0}
     assert summary["seg_cases"] == 4 and "targets met" in result.stdout
-    missing = subprocess.run(
-        [
-            python_executable,
-            script,
-            "write",
-            "--out",
-            str(tmp_path),
-            "--runs",
-            str(tmp_path / "none"),
-            "--seconds",
-            str(tmp_path / "s.json"),
-        ],
-        capture_output=True,
-        text=True,
-        env=subprocess_env,
-    )
+    missing = demo_summary("write", "--out", str(tmp_path), "--runs", str(tmp_path / "none"), "--seconds",
+                           str(tmp_path / "s.json"))  # fmt: skip
     assert missing.returncode == 1 and "does not exist" in missing.stderr
 
 
