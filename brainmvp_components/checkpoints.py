@@ -63,6 +63,23 @@ CHECKPOINT_PREFIX = "checkpoint"
 _TMP_SUFFIX = ".tmp"
 
 
+def as_flag(value: Any, name: str) -> bool:
+    """A boolean setting that may arrive as text: ``monai.bundle run`` reads ``--resume false`` as the string
+    ``"false"``, which ``bool`` would call true.
+
+    Raises:
+        ValueError: text that is not one of true/false, yes/no, 1/0 (any case).
+    """
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in ("true", "yes", "1"):
+            return True
+        if text in ("false", "no", "0"):
+            return False
+        raise ValueError(f"{name} must be true or false, got {value!r}")
+    return bool(value)
+
+
 def is_rank_zero() -> bool:
     """Whether this process is rank 0 (always true outside ``torch.distributed``)."""
     return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
@@ -162,7 +179,7 @@ class ResumableCheckpoint:
         self.save_dict = dict(save_dict)
         self.save_interval = int(save_interval)
         self.n_saved = None if n_saved is None else int(n_saved)
-        self.resume = bool(resume)
+        self.resume = as_flag(resume, "resume")
         self.map_location = map_location
         self.strict = strict
         self.file_prefix = file_prefix
@@ -276,7 +293,7 @@ class BestModelSaver:
         self.network = network
         self.path = Path(path)
         self.record = self.path.with_name(self.path.name + ".json")
-        self.resume = bool(resume)
+        self.resume = as_flag(resume, "resume")
         self._name = name
         self.logger = logging.getLogger(name)
 

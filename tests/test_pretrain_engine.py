@@ -308,3 +308,15 @@ def test_best_model_saver_keeps_the_best_of_a_resumed_run_only(tmp_path):
     assert json.loads((tmp_path / "model.pt.json").read_text())["metric"] == 0.9
     validate(resume=False, metric=0.5)  # a fresh run replaces the earlier run's model
     assert json.loads((tmp_path / "model.pt.json").read_text())["metric"] == 0.5
+
+
+def test_resume_flag_read_from_the_command_line(tmp_path):
+    """``--resume false`` reaches the handler as the string "false": it must start over, not resume."""
+    from brainmvp_components.checkpoints import as_flag
+
+    assert as_flag("false", "resume") is False and as_flag("False", "resume") is False
+    assert as_flag("true", "resume") is True and as_flag(True, "resume") is True and as_flag(0, "resume") is False
+    with pytest.raises(ValueError, match="resume must be true or false"):
+        as_flag("maybe", "resume")
+    model = torch.nn.Linear(2, 2)
+    assert ResumableCheckpoint(save_dir=tmp_path, save_dict={"network": model}, resume="false").resume is False
