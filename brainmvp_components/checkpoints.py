@@ -27,14 +27,23 @@ Config pattern (one entry, first in ``train#handlers``; ``"resume": false`` or `
     ]
 
 Checkpoints are epoch-granular: a run killed in the middle of epoch ``N + 1`` repeats that epoch.
+
+Only a checkpoint of *this* run is resumed. Each checkpoint records the run that wrote it: a digest of the
+handler's ``run_settings`` (for example the training data list) and, with ``check_start_weights``, a digest of the
+weights the run started from. A newest checkpoint whose record differs belongs to another run (other data, or a
+run that fine-tunes from other weights, as MONAI Label's training does from ``models/model.pt``): it is moved to
+``save_dir/previous_run/`` and training starts over. Given the ``validator``, a checkpoint also holds the
+validator's best metric, so a resumed run keeps its own best so far and a new run starts without one.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import re
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -56,11 +65,16 @@ __all__ = [
     "is_rank_zero",
     "latest_checkpoint",
     "list_checkpoints",
+    "settings_digest",
     "unwrap_module",
+    "weights_digest",
 ]
 
 CHECKPOINT_PREFIX = "checkpoint"
+PREVIOUS_RUN_DIR = "previous_run"
 _TMP_SUFFIX = ".tmp"
+_RUN_KEY = "run"
+_VALIDATOR_KEY = "validator"
 
 
 def as_flag(value: Any, name: str) -> bool:
@@ -107,6 +121,28 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     return atomic_write(path, write, suffix=_TMP_SUFFIX)
 
 
+def settings_digest(settings: Mapping[str, Any] | None) -> str:
+    """SHA-256 of ``settings`` as canonical JSON (sorted keys; values that JSON cannot hold are written as text)."""
+    text = json.dumps({} if settings is None else dict(settings), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def weights_digest(modules: Mapping[str, Any]) -> str:
+    """SHA-256 of the state dicts of the ``nn.Module`` values of ``modules`` (names, then each tensor's bytes)."""
+    digest = hashlib.sha256()
+    for name in sorted(modules):
+        module = unwrap_module(modules[name])
+        if not isinstance(module, nn.Module):
+            continue
+        for key, value in module.state_dict().items():
+            digest.update(f"{name}.{key}".encode())
+            if isinstance(value, torch.Tensor):
+                digest.update(value.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
+            else:
+                digest.update(repr(value).encode())
+    return digest.hexdigest()
+
+
 def checkpoint_path(directory: str | os.PathLike, epoch: int, prefix: str = CHECKPOINT_PREFIX) -> Path:
     """``directory/<prefix>_epoch=<epoch>.pt``, the file :class:`ResumableCheckpoint` writes after ``epoch``."""
     return Path(directory) / f"{prefix}_epoch={int(epoch)}.pt"
@@ -149,9 +185,20 @@ class ResumableCheckpoint:
         strict: strict key matching for modules.
         file_prefix: checkpoint file names are ``<file_prefix>_epoch=<N>.pt``.
         name: logger name; default the engine's logger.
+        run_settings: what defines this run besides the configuration of the saved objects, e.g.
+            ``{"training_data": [...]}`` (JSON-serialisable; other values are compared as text). A checkpoint written
+            with other settings belongs to another run and is not resumed.
+        check_start_weights: also require the same starting weights: the digest of the ``nn.Module`` objects of
+            ``save_dict`` when the engine starts (after the handlers attached before this one, such as a
+            ``CheckpointLoader`` that initialises the network, have run). A run that starts from other weights is
+            a new run, e.g. each MONAI Label training request, which fine-tunes from the current ``model.pt``.
+        validator: the validation evaluator; its ``best_metric`` and ``best_metric_epoch`` are saved with each
+            checkpoint and restored on resumption, so :class:`BestModelSaver` replaces the model only with a
+            better one of the same run.
 
     Raises:
-        ValueError: on resumption, when the newest checkpoint lies beyond the configured number of epochs.
+        ValueError: on resumption, when the newest checkpoint of this run lies beyond the configured number of
+            epochs.
     """
 
     def __init__(
@@ -165,6 +212,9 @@ class ResumableCheckpoint:
         strict: bool = True,
         file_prefix: str = CHECKPOINT_PREFIX,
         name: str | None = None,
+        run_settings: Mapping[str, Any] | None = None,
+        check_start_weights: bool = False,
+        validator: Engine | None = None,
     ) -> None:
         if not save_dict:
             raise ValueError("save_dict must name at least one object to checkpoint")
@@ -183,6 +233,11 @@ class ResumableCheckpoint:
         self.map_location = map_location
         self.strict = strict
         self.file_prefix = file_prefix
+        self.run_settings = settings_digest(run_settings)
+        self.check_start_weights = as_flag(check_start_weights, "check_start_weights")
+        self.validator = validator
+        self.run_record: dict[str, str] = {}
+        self.resumed_from: str | None = None
         self._name = name
         self.logger = logging.getLogger(name)
 
@@ -199,18 +254,57 @@ class ResumableCheckpoint:
             objects["scaler"] = scaler
         return objects
 
+    def _current_run(self) -> dict[str, str]:
+        record = {"settings": self.run_settings}
+        if self.check_start_weights:
+            record["start_weights"] = weights_digest(self.save_dict)
+        return record
+
+    def _other_run(self, checkpoint: Mapping[str, Any]) -> list[str]:
+        """What differs between this run and the one that wrote ``checkpoint`` (``[]``: the same run; a
+        checkpoint without a run record, from before records were kept, counts as the same run)."""
+        written = checkpoint.get(_RUN_KEY)
+        if not isinstance(written, Mapping):
+            return []
+        names = {"settings": "run settings", "start_weights": "starting weights"}
+        return [names[k] for k in self.run_record if k in written and written[k] != self.run_record[k]]
+
+    def _set_aside(self, reason: str) -> None:
+        """Move the checkpoints of another run to ``save_dir/previous_run/`` (replacing what was there)."""
+        if not is_rank_zero():
+            return
+        found = list_checkpoints(self.save_dir, self.file_prefix)
+        if not found:
+            return
+        previous = self.save_dir / PREVIOUS_RUN_DIR
+        shutil.rmtree(previous, ignore_errors=True)
+        previous.mkdir(parents=True)
+        for _, old in found:
+            old.replace(previous / old.name)
+        self.logger.warning(
+            f"the checkpoints in {self.save_dir} belong to another run ({reason} differ): training starts over; "
+            f"they were moved to {previous}"
+        )
+
     def started(self, engine: Engine) -> None:
-        """Resume from the newest checkpoint, then schedule saving after every other epoch-end handler."""
+        """Resume from the newest checkpoint of this run, then schedule saving after every other epoch-end
+        handler."""
         if is_rank_zero():
             # a save killed mid-write leaves only its temporary file behind
             for stale in self.save_dir.glob(f".{self.file_prefix}_epoch=*{_TMP_SUFFIX}"):
                 stale.unlink(missing_ok=True)
+        self.run_record = self._current_run()
+        self.resumed_from = None
         if self.resume:
             path = latest_checkpoint(self.save_dir, self.file_prefix)
+            checkpoint = None if path is None else torch.load(path, map_location=self.map_location, weights_only=True)
+            differs = [] if checkpoint is None else self._other_run(checkpoint)
             if path is None:
                 self.logger.info(f"no checkpoint in {self.save_dir}: training starts at epoch 1")
+            elif differs:
+                self._set_aside(" and ".join(differs))
             else:
-                self.load(engine, path)
+                self.load(engine, path, checkpoint)
         elif is_rank_zero():
             for _, old in list_checkpoints(self.save_dir, self.file_prefix):
                 self.logger.warning(f"resume is off: removing {old} of an earlier run")
@@ -220,9 +314,11 @@ class ResumableCheckpoint:
         if not engine.has_event_handler(self.epoch_completed, Events.EPOCH_COMPLETED):
             engine.add_event_handler(Events.EPOCH_COMPLETED, self.epoch_completed)
 
-    def load(self, engine: Engine, path: str | os.PathLike) -> None:
-        """Load checkpoint ``path`` into the objects and the engine's state (its ``max_epochs`` is kept)."""
-        checkpoint = torch.load(path, map_location=self.map_location, weights_only=True)
+    def load(self, engine: Engine, path: str | os.PathLike, checkpoint: Mapping[str, Any] | None = None) -> None:
+        """Load checkpoint ``path`` (or its already loaded content ``checkpoint``) into the objects and the engine's
+        state (its ``max_epochs`` is kept), and the validator's best metric when the checkpoint holds it."""
+        if checkpoint is None:
+            checkpoint = torch.load(path, map_location=self.map_location, weights_only=True)
         objects = self._objects(engine)
         if "scaler" in objects and "scaler" not in checkpoint:
             self.logger.warning(f"{path} holds no AMP gradient scaler state; the scaler starts afresh")
@@ -248,6 +344,11 @@ class ResumableCheckpoint:
                 f"checkpoint {path} was written after epoch {engine.state.epoch}, beyond this run's {max_epochs} "
                 "epochs: raise the number of epochs to continue, or pass --resume false to start over"
             )
+        best = checkpoint.get(_VALIDATOR_KEY)
+        if self.validator is not None and isinstance(best, Mapping):
+            self.validator.state.best_metric = float(best["best_metric"])
+            self.validator.state.best_metric_epoch = int(best["best_metric_epoch"])
+        self.resumed_from = str(path)
         self.logger.info(
             f"resumed from {path}: epoch {engine.state.epoch} of {max_epochs} done "
             f"(iteration {engine.state.iteration}), training continues with epoch {engine.state.epoch + 1}"
@@ -261,7 +362,13 @@ class ResumableCheckpoint:
         """Write the checkpoint of the current epoch (rank 0 only) and prune the older ones."""
         if not is_rank_zero():
             return None
-        state = {key: obj.state_dict() for key, obj in self._objects(engine).items()}
+        state: dict[str, Any] = {key: obj.state_dict() for key, obj in self._objects(engine).items()}
+        state[_RUN_KEY] = dict(self.run_record or self._current_run())
+        if self.validator is not None:
+            state[_VALIDATOR_KEY] = {
+                "best_metric": float(getattr(self.validator.state, "best_metric", -1)),
+                "best_metric_epoch": int(getattr(self.validator.state, "best_metric_epoch", -1)),
+            }
         path = atomic_torch_save(state, checkpoint_path(self.save_dir, engine.state.epoch, self.file_prefix))
         self.logger.info(f"saved checkpoint {path}")
         if self.n_saved is not None:
@@ -282,8 +389,11 @@ class BestModelSaver:
     Args:
         network: the network to save.
         path: the output file, e.g. ``models/model.pt``.
-        resume: continue from an earlier run's best metric (pass the same value as :class:`ResumableCheckpoint`'s
-            ``resume``); ``False`` ignores it, so the first validation of a fresh run replaces the file.
+        resume: continue from the best metric recorded in ``<path>.json`` (pass the same value as
+            :class:`ResumableCheckpoint`'s ``resume``); ``False`` ignores it, so the first validation of a fresh run
+            replaces the file. The record does not say which run wrote it: when the trainer's
+            :class:`ResumableCheckpoint` is given the ``validator``, it restores the best metric of the run it
+            resumes, and this should be ``False``.
         name: logger name; default the engine's logger.
     """
 

@@ -29,6 +29,7 @@ from brainmvp_components.checkpoints import atomic_torch_save, unwrap_module
 from brainmvp_components.modalities import CANONICAL_MODALITIES
 
 __all__ = [
+    "LastEpochValidationHandler",
     "ReconstructionPreviewHandler",
     "StateDictExportHandler",
     "TemplateEvolutionHandler",
@@ -256,6 +257,13 @@ class ReconstructionPreviewHandler:
         def volume(key: str) -> np.ndarray:
             return out[key][0, 0].float().cpu().numpy()
 
+        kwargs = engine.loss_kwargs()
+        if kwargs.get("objective", "brainmvp") == "mae":  # the baseline has one view
+            return {
+                f"original ({target_name})": volume("target"),
+                f"masked view ({kwargs.get('mae_fill', 'zeros')} fill)": volume("view_a"),
+                "reconstruction": volume("rec_a"),
+            }, network.templates.as_arrays()
         panels = {
             f"original ({target_name})": volume("target"),
             f"view A (template {target_name})": volume("view_a"),
@@ -296,6 +304,35 @@ class ReconstructionPreviewHandler:
         return paths
 
 
+class LastEpochValidationHandler:
+    """Validate after the last training epoch when the validation interval skips it.
+
+    MONAI's ``ValidationHandler`` validates every ``interval`` epochs, so a run whose length is not a multiple of
+    the interval ends with unvalidated epochs, and a run shorter than the interval (a MONAI Label training request
+    for fewer epochs than ``val_interval``) never validates and never saves a model. Listed after the
+    ``ValidationHandler`` in ``train#handlers`` with the same validator and interval, this runs the validator once
+    more when the last epoch completes, unless that epoch was just validated.
+
+    Args:
+        validator: the validation evaluator.
+        interval: the ``ValidationHandler``'s interval in epochs.
+    """
+
+    def __init__(self, validator: Engine, interval: int) -> None:
+        if int(interval) < 1:
+            raise ValueError(f"interval must be a positive number of epochs, got {interval}")
+        self.validator = validator
+        self.interval = int(interval)
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        epoch, last = engine.state.epoch, engine.state.max_epochs
+        if last is not None and epoch == last and epoch % self.interval != 0:
+            self.validator.run(epoch)
+
+
 def _scalar(value: Any) -> float | None:
     """A finite float from a number or a one-element tensor, else ``None``."""
     if isinstance(value, torch.Tensor):
@@ -323,9 +360,11 @@ def loss_terms(*keys: str) -> Callable[[Any], dict[str, Any]]:
 class TrainingCurvesHandler:
     """Training curves beside the TensorBoard logs: ``<name>.json`` and ``<name>.png`` in ``output_dir``.
 
-    Attach the same instance to the trainer and, optionally, to the validation evaluator (list it in both
-    handler lists). From the trainer it records, per epoch, the mean of ``output_transform(engine.state.output)``
-    over the epoch's iterations (a scalar, or a dictionary of scalars) and every scalar in ``engine.state.metrics``;
+    Attach it to the trainer; validation metrics are recorded too when it is also attached to the validation
+    evaluator (the same instance in both handler lists) or, simpler, when the evaluator is given as ``validator``
+    (then the trainer's handler list alone names it, and no list refers to an index of another). From the
+    trainer it records, per epoch, the mean of ``output_transform(engine.state.output)`` over the epoch's
+    iterations (a scalar, or a dictionary of scalars) and every scalar in ``engine.state.metrics``;
     from an evaluator, the scalar metrics of each validation run, at the trainer's epoch. The JSON is rewritten
     (atomically) after every epoch and validation; the PNG after every validation and when training completes
     (:func:`brainmvp_components.visualisation.save_training_curves`). A resumed run keeps the records of the
@@ -338,6 +377,7 @@ class TrainingCurvesHandler:
         loss_name: the record name of a scalar ``output_transform`` result.
         name: file stem.
         title: plot title.
+        validator: the validation evaluator, to attach to along with the trainer.
     """
 
     def __init__(
@@ -347,12 +387,14 @@ class TrainingCurvesHandler:
         loss_name: str = "train_loss",
         name: str = "training_curves",
         title: str | None = None,
+        validator: Engine | None = None,
     ) -> None:
         self.output_dir = Path(output_dir)
         self.output_transform = output_transform
         self.loss_name = loss_name
         self.name = name
         self.title = title
+        self.validator = validator
         self.history: list[dict[str, float]] = []
         self._sums: dict[str, float] = {}
         self._counts: dict[str, int] = {}
@@ -376,6 +418,10 @@ class TrainingCurvesHandler:
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._iteration_completed)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self._epoch_completed)
         engine.add_event_handler(Events.COMPLETED, self._write_plot)
+        if self.validator is not None and not self.validator.has_event_handler(
+            self._validation_completed, Events.EPOCH_COMPLETED
+        ):
+            self.validator.add_event_handler(Events.EPOCH_COMPLETED, self._validation_completed)
 
     def _started(self, engine: Engine) -> None:
         """Keep the records of epochs before this run's start (a resumed run)."""

@@ -36,11 +36,34 @@ from brainmvp_components.modalities import (
 )
 from brainmvp_components.reports import atomic_write
 
-__all__ = ["ModalityTemplates"]
+__all__ = ["ModalityTemplates", "find_templates_dir"]
 
 logger = logging.getLogger(__name__)
 
 MONTAGE_NAME = "templates.png"
+
+
+def find_templates_dir(*candidates: str | os.PathLike | None) -> str | None:
+    """The first of ``candidates`` that holds ``template_<modality>.nii[.gz]`` files (directly or in a
+    ``templates`` sub-folder), else the last folder candidate, so that the caller's warning names a folder.
+
+    The downstream bundles look in their own ``models/templates`` first (a packaged release carries its templates
+    there), then beside the pre-training bundle (``../brainmvp_pretrain/models/templates``), then in the authors'
+    checkpoint ``models/official/BrainMVP_uniformer.pt`` when downloaded: a candidate that is a file is taken as
+    that checkpoint and converted on first use
+    (:func:`~brainmvp_components.weights.prepare_official_checkpoint`).
+    """
+    chosen = [c for c in candidates if c is not None]
+    for candidate in chosen:
+        folder = Path(candidate)
+        if folder.is_file():  # the authors' checkpoint: its templates, converted on first use
+            from brainmvp_components.weights import prepare_official_checkpoint
+
+            return str(prepare_official_checkpoint(folder) / "templates")
+        if any(folder.glob("template_*.nii*")) or any((folder / "templates").glob("template_*.nii*")):
+            return str(candidate)
+    folders = [c for c in chosen if not Path(c).suffix == ".pt"]
+    return str((folders or chosen)[-1]) if chosen else None
 
 
 def _plain(value) -> torch.Tensor:
@@ -225,16 +248,51 @@ class ModalityTemplates(nn.Module):
         return (x - low) / span.clamp(min=self.eps)
 
     @torch.no_grad()
+    def intensity_window(self) -> torch.Tensor:
+        """Each template's intensity window for frozen use: ``(M, 2)``, its 5th and 95th percentiles.
+
+        Percentiles are taken over the template's non-zero voxels (all voxels when none is zero): distilled
+        templates start at zero and voxels that no masked block ever covered stay exactly zero, so they are
+        background rather than anatomy. Cached until the templates change.
+        """
+        key = (self.weight.data_ptr(), self.weight._version)
+        cached = getattr(self, "_window_cache", None)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        rows = []
+        for volume in self.weight.detach().to("cpu", torch.float32).numpy():
+            values = volume[volume != 0] if np.any(volume != 0) else volume.ravel()
+            rows.append(np.percentile(values, [5.0, 95.0]))
+        window = torch.as_tensor(np.stack(rows), dtype=torch.float32)
+        self._window_cache = (key, window)
+        return window
+
+    @torch.no_grad()
+    def resample_rows(self, rows: torch.Tensor, affine: torch.Tensor | np.ndarray, shape: Sequence[int]) -> torch.Tensor:
+        """Templates of weight ``rows`` on one image grid, in the images' intensity convention: ``(R, *shape)``.
+
+        Each template is scaled by its fixed :meth:`intensity_window` to [0, 1] and clipped, as the bundles scale
+        images (5th/95th percentiles to [0, 1], clipped), so one voxel of anatomy has the same value in every crop.
+        Per-crop min-max (pre-training's fill) would stretch a crop of mostly background into full contrast.
+        """
+        rows = torch.as_tensor(rows, dtype=torch.long).reshape(-1)
+        sampled = self.crop(rows, affine, shape, normalize=False)[:, 0]
+        window = self.intensity_window()[rows].to(sampled)
+        low = window[:, 0].reshape(-1, *([1] * (sampled.ndim - 1)))
+        span = (window[:, 1] - window[:, 0]).reshape(low.shape).clamp(min=self.eps)
+        return ((sampled - low) / span).clamp(0.0, 1.0)
+
+    @torch.no_grad()
     def resample_modalities(
         self, modalities: Sequence[str], affine: torch.Tensor | np.ndarray, shape: Sequence[int]
     ) -> torch.Tensor:
-        """Templates of ``modalities`` on one image grid, ``(len(modalities), *shape)``, each min-max normalised.
+        """Templates of ``modalities`` on one image grid, ``(len(modalities), *shape)``, in [0, 1].
 
         For frozen use downstream (template channel replacement, missing-modality imputation): ``affine`` is
-        the image's ``(4, 4)`` voxel-to-world affine and ``shape`` its spatial shape. No gradients.
+        the image's ``(4, 4)`` voxel-to-world affine and ``shape`` its spatial shape. Intensities are scaled as
+        :meth:`resample_rows` describes. No gradients.
         """
-        rows = self.indices_for(list(modalities))
-        return self.crop(rows, affine, shape)[:, 0]
+        return self.resample_rows(self.indices_for(list(modalities)), affine, shape)
 
     @torch.no_grad()
     def resample_to_grid(self, modality: str, affine: torch.Tensor | np.ndarray, shape: Sequence[int]) -> torch.Tensor:

@@ -41,6 +41,10 @@ __all__ = [
     "convert_official_checkpoint",
     "load_pretrained_encoder",
     "template_grid_affine",
+    "official_state_dict_shapes",
+    "check_official_structure",
+    "prepare_official_checkpoint",
+    "find_pretrained_encoder",
 ]
 
 logger = logging.getLogger(__name__)
@@ -396,3 +400,110 @@ def load_pretrained_encoder(
     )
     logger.debug("unused keys of %s: %s", source, unused)
     return summary
+
+
+OFFICIAL_TEMPLATE_ROWS = len(OFFICIAL_TEMPLATE_ORDER)
+CONVERTED_SUFFIX = "_converted"
+"""The conversion of an official checkpoint ``X.pt`` lives in ``X_converted/`` beside it."""
+
+
+def official_state_dict_shapes(preset: str = "small") -> dict[str, tuple[int, ...]]:
+    """Keys and shapes that the authors' UniFormer pre-training checkpoint must hold (``rep_template`` aside).
+
+    Derived from this project's model under the authors' key names (``encoder.uniformer.*``, ``decoder.*``); the
+    test suite checks them against the key list measured from the authors' release. The keys of
+    :data:`OFFICIAL_UNUSED_KEYS` may be present too and are not listed.
+    """
+    from brainmvp_components.networks.uniformer import uniformer_preset
+
+    encoder = uniformer_preset(preset, in_channels=1)
+    decoder = PretrainDecoder(encoder.out_channels)
+    shapes = {OFFICIAL_ENCODER_PREFIX + k: tuple(v.shape) for k, v in encoder.state_dict().items()}
+    shapes.update({f"decoder.{k}": tuple(v.shape) for k, v in decoder.state_dict().items()})
+    return shapes
+
+
+def check_official_structure(state: Mapping[str, torch.Tensor], source: str = "checkpoint") -> None:
+    """Check the keys and shapes of the authors' UniFormer checkpoint, since no hash of it is published.
+
+    Every key of :func:`official_state_dict_shapes` must be present with its shape; the only other keys allowed
+    are the unused ones (:data:`OFFICIAL_UNUSED_KEYS`) and ``rep_template``, ``(M, H, W, D)`` with ``M`` at
+    most 8 templates.
+
+    Raises:
+        CheckpointFormatError: naming the file and every missing, unexpected or mis-shaped key.
+    """
+    expected = official_state_dict_shapes()
+    missing = sorted(k for k in expected if k not in state)
+    mismatched = [
+        f"{k}: {tuple(state[k].shape)} instead of {expected[k]}"
+        for k in expected
+        if k in state and tuple(state[k].shape) != expected[k]
+    ]
+    unexpected = sorted(
+        k for k in state if k not in expected and k != OFFICIAL_TEMPLATE_KEY and not OFFICIAL_UNUSED_KEYS.match(k)
+    )
+    template = state.get(OFFICIAL_TEMPLATE_KEY)
+    if template is None or template.ndim != 4 or not 1 <= template.shape[0] <= OFFICIAL_TEMPLATE_ROWS:
+        shape = None if template is None else tuple(template.shape)
+        mismatched.append(f"{OFFICIAL_TEMPLATE_KEY}: {shape} instead of (M <= {OFFICIAL_TEMPLATE_ROWS}, H, W, D)")
+    if missing or mismatched or unexpected:
+        raise CheckpointFormatError(
+            f"{source}: not the authors' BrainMVP UniFormer checkpoint (no hash is published, so its structure is "
+            f"checked): missing keys {missing[:10]}{' ...' if len(missing) > 10 else ''}; wrong shapes {mismatched}; "
+            f"unexpected keys {unexpected[:10]}{' ...' if len(unexpected) > 10 else ''}. A partial download "
+            "leaves an unreadable or incomplete file: delete it and download it again."
+        )
+
+
+def prepare_official_checkpoint(path: str | os.PathLike, out_dir: str | os.PathLike | None = None) -> Path:
+    """Convert the authors' checkpoint on first use; later calls return the conversion.
+
+    The structure is checked (:func:`check_official_structure`), then :func:`convert_official_checkpoint` writes
+    ``encoder.pt``, ``model.pt`` and ``templates/`` into ``out_dir`` (default: ``<path without .pt>_converted``
+    beside the file), with ``source.json`` recording the file's size and modification time: a changed file is
+    converted again.
+
+    Returns:
+        ``out_dir``.
+    """
+    import json
+
+    from brainmvp_components.reports import write_json
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} not found: download the authors' checkpoint with "
+            "'python -m monai.bundle download_large_files --bundle_path <bundle>' (needs gdown) or by hand"
+        )
+    out = Path(out_dir) if out_dir is not None else path.with_name(path.stem + CONVERTED_SUFFIX)
+    stat = path.stat()
+    stamp = {"source": path.name, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    record = out / "source.json"
+    if record.is_file() and (out / "encoder.pt").is_file():
+        try:
+            if json.loads(record.read_text()) == stamp:
+                return out
+        except json.JSONDecodeError:
+            pass
+    check_official_structure(read_state_dict(path), str(path))
+    convert_official_checkpoint(path, out)
+    write_json(record, stamp)
+    return out
+
+
+def find_pretrained_encoder(*candidates: str | os.PathLike | None) -> str | None:
+    """The first existing file of ``candidates``, the authors' checkpoint converted on first use
+    (:func:`prepare_official_checkpoint`; then its ``encoder.pt``). When none exists, the first candidate, so that
+    the caller's "not found" message names it (``None`` without candidates)."""
+    for candidate in candidates:
+        if candidate is None or not Path(candidate).is_file():
+            continue
+        path = Path(candidate)
+        keys = read_state_dict(path).keys()
+        if OFFICIAL_TEMPLATE_KEY in keys:
+            return str(prepare_official_checkpoint(path) / "encoder.pt")
+        return str(path)
+    named = [c for c in candidates if c is not None]
+    return str(named[0]) if named else None

@@ -10,7 +10,8 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BUNDLES_DIR = REPO_ROOT / "bundles"
-SHARED_REFERENCE_DIR = REPO_ROOT.parent / "shared" / "reference" / "official_brainmvp"
+OFFICIAL_REFERENCE_DIR = REPO_ROOT / "tests" / "data" / "official_brainmvp"
+"""The authors' checkpoint interface: state-dict key/shape lists and reference outputs (see its README)."""
 
 
 def _make(tmp_path_factory, kind: str, subjects: int, **kwargs) -> Path:

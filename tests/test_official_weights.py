@@ -1,7 +1,7 @@
 """The authors' published checkpoint: loading, numerical equivalence, conversion, format errors.
 
-The reference folder (shared with the project, outside the repository) holds the authors' state-dict key
-list and reference outputs computed with their code on deterministically filled weights.
+``tests/data/official_brainmvp`` holds the authors' state-dict key list and reference outputs computed with their
+code on deterministically filled weights.
 """
 
 from __future__ import annotations
@@ -25,11 +25,7 @@ from brainmvp_components.weights import (
     template_grid_affine,
 )
 
-REFERENCE_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "official_brainmvp"
-needs_reference = pytest.mark.skipif(
-    not (REFERENCE_DIR / "official_pretrain_state_dict_shapes.json").is_file(),
-    reason=f"official BrainMVP reference files not found at {REFERENCE_DIR}",
-)
+REFERENCE_DIR = Path(__file__).resolve().parent / "data" / "official_brainmvp"
 
 
 def reference_value(key: str, shape: tuple[int, ...]) -> torch.Tensor:
@@ -65,8 +61,6 @@ def released_checkpoint(state: dict[str, torch.Tensor]) -> dict:
 
 @pytest.fixture(scope="module")
 def official_file(tmp_path_factory):
-    if not (REFERENCE_DIR / "official_pretrain_state_dict_shapes.json").is_file():
-        pytest.skip(f"official BrainMVP reference files not found at {REFERENCE_DIR}")
     shapes = json.loads((REFERENCE_DIR / "official_pretrain_state_dict_shapes.json").read_text())
     state = {key: reference_value(key, tuple(shape)) for key, shape in shapes.items()}
     path = tmp_path_factory.mktemp("official") / "BrainMVP_uniformer.pt"
@@ -74,7 +68,6 @@ def official_file(tmp_path_factory):
     return path, state
 
 
-@needs_reference
 def test_official_numerics(official_file):
     path, state = official_file
     model = load_official_checkpoint(path).eval()
@@ -88,7 +81,6 @@ def test_official_numerics(official_file):
     np.testing.assert_allclose(rec[:, :, ::4, ::4, ::4].numpy(), rec_ref, rtol=1e-4, atol=1e-4)
 
 
-@needs_reference
 def test_official_templates_are_reordered_to_canonical(official_file):
     path, state = official_file
     model = load_official_checkpoint(path)
@@ -102,7 +94,6 @@ def test_official_templates_are_reordered_to_canonical(official_file):
     np.testing.assert_allclose(templates.affine.numpy(), template_grid_affine((96, 96, 96)))
 
 
-@needs_reference
 def test_convert_round_trip(official_file, tmp_path):
     path, state = official_file
     written = convert_official_checkpoint(path, tmp_path / "converted")
@@ -206,3 +197,41 @@ def test_unknown_and_mismatched_keys_are_rejected(tmp_path):
     torch.save(state, path)
     with pytest.raises(CheckpointFormatError, match="missing keys.*blocks2.0.mlp.fc2.bias"):
         load_official_checkpoint(path, head_dim=16)
+
+
+def test_official_structure_matches_the_authors_key_list():
+    """The structure check's expected keys and shapes are exactly the authors' (unused decoder keys aside)."""
+    from brainmvp_components.weights import OFFICIAL_UNUSED_KEYS, official_state_dict_shapes
+
+    reference = json.loads((REFERENCE_DIR / "official_pretrain_state_dict_shapes.json").read_text())
+    wanted = {k: tuple(v) for k, v in reference.items() if k != "rep_template" and not OFFICIAL_UNUSED_KEYS.match(k)}
+    assert official_state_dict_shapes() == wanted
+
+
+def test_prepare_official_checkpoint_converts_once_and_checks_structure(official_file, tmp_path):
+    """large_files.yml fetches the authors' file without a hash: first use checks keys and shapes, converts,
+    and later uses reuse the conversion; a file of the wrong structure is refused, naming the key."""
+    from brainmvp_components.templates import find_templates_dir
+    from brainmvp_components.weights import find_pretrained_encoder, prepare_official_checkpoint
+
+    path, state = official_file
+    local = tmp_path / "models" / "official" / "BrainMVP_uniformer.pt"
+    local.parent.mkdir(parents=True)
+    local.symlink_to(path)
+    converted = prepare_official_checkpoint(local)
+    assert converted == local.with_name("BrainMVP_uniformer_converted")
+    stamp = (converted / "encoder.pt").stat().st_mtime_ns
+    assert find_pretrained_encoder(tmp_path / "absent.pt", local) == str(converted / "encoder.pt")
+    assert find_templates_dir(tmp_path / "no_templates", local) == str(converted / "templates")
+    assert (converted / "encoder.pt").stat().st_mtime_ns == stamp  # not converted twice
+    assert find_pretrained_encoder(tmp_path / "absent.pt") == str(tmp_path / "absent.pt")
+
+    broken = dict(state)
+    broken["encoder.uniformer.blocks3.0.attn.qkv.weight"] = torch.zeros(3, 3)
+    del broken["decoder.out_1.conv.conv.bias"]
+    bad = tmp_path / "bad" / "BrainMVP_uniformer.pt"
+    bad.parent.mkdir()
+    torch.save({"state_dict": broken}, bad)
+    with pytest.raises(CheckpointFormatError, match=r"decoder\.out_1\.conv\.conv\.bias.*blocks3\.0\.attn\.qkv"):
+        prepare_official_checkpoint(bad)
+    assert not bad.with_name("BrainMVP_uniformer_converted").exists()

@@ -18,7 +18,7 @@ from brainmvp_components.registration import (
     in_atlas_frame,
     moments_alignment,
 )
-from brainmvp_components.transforms.templates import ImputeMissingModalities, registration_pair
+from brainmvp_components.transforms.templates import ImputeMissingModalities, foreground_of, registration_pair
 
 pytestmark = pytest.mark.slow
 
@@ -83,7 +83,10 @@ def test_atlas_frame_cases_keep_the_fast_path(brats_cohort, templates):
     out = ImputeMissingModalities(templates, MODALITIES)(image, ["t1c", "t2"], case="c")
     record = json.loads(out.meta["template_registration"])
     assert record["method"] == "atlas_frame" and record["transform_case_to_template_ras"] == np.eye(4).tolist()
-    expected = templates.resample_to_grid("t2", image.affine, image.shape[1:])[0]
+    # by world coordinates, and only inside the present channels' foreground (the background stays zero)
+    foreground = foreground_of(image, [MODALITIES.index("t1"), MODALITIES.index("flair")])
+    assert 0.05 < foreground.float().mean() < 0.95
+    expected = templates.resample_to_grid("t2", image.affine, image.shape[1:])[0] * foreground
     assert torch.allclose(out[2], expected.to(out.dtype))
     assert record["quality"]["coverage"] >= 0.9
     # nothing missing: no record

@@ -69,6 +69,23 @@ def test_template_replacement_keeps_one_real_channel(templates):
     assert max(len(transform({"image": img})["r"]) for _ in range(20)) == 1
 
 
+def test_replaced_channels_stay_inside_the_real_channels_foreground(templates):
+    """A replaced channel is background (zero) wherever the channels that stay real are, as a scaled image is."""
+    img = _image(0.0)
+    img[:, 4:, 2:6, :] = 0.8  # the "head" of every real channel
+    transform = RandTemplateReplaced("image", templates, MODALITIES, max_replace=3, replaced_key="r")
+    transform.set_random_state(3)
+    seen = 0
+    for _ in range(20):
+        out = transform({"image": img})
+        for c in out["r"].tolist():
+            expected = templates.resample_to_grid(MODALITIES[c], img.affine, ROI)[0] * (img[0] > 0.05)
+            torch.testing.assert_close(out["image"][c].as_tensor(), expected)
+            assert torch.all(out["image"][c][:4] == 0) and out["image"][c][4:, 2:6].max() > 0
+            seen += 1
+    assert seen > 5
+
+
 def test_template_replacement_without_templates_is_identity(tmp_path):
     assert load_frozen_templates(tmp_path / "absent") is None
     transform = RandTemplateReplaced("image", None, MODALITIES, pair_key="image_pair")

@@ -152,7 +152,15 @@ def test_resample_to_grid_and_freeze():
     affine = _voxel_to_voxel(np.diag([2.0, 2.0, 2.0, 1.0]))
     single = templates.resample_to_grid("T2", affine, (6, 7, 5))
     assert single.shape == (1, 6, 7, 5) and not single.requires_grad
-    assert single.min() == 0 and single.max() == pytest.approx(1.0)
+    # the t2 template holds 1 + j: scaled by its own 5th/95th percentiles over the whole template, then clipped
+    low, high = np.percentile(templates.weight[1].numpy(), [5.0, 95.0])
+    j = 2.0 * np.arange(7) + 1.0
+    expected = np.clip((j - low) / (high - low), 0.0, 1.0)
+    np.testing.assert_allclose(single[0, 0, :, 0].numpy(), expected, atol=1e-5)
+    # one anatomical voxel has one value whatever the crop (per-crop min-max would stretch every crop to [0, 1])
+    moved = _voxel_to_voxel(np.array([[2.0, 0, 0, 0], [0, 2.0, 0, 4.0], [0, 0, 2.0, 0], [0, 0, 0, 1]]))
+    shifted = templates.resample_to_grid("T2", moved, (6, 7, 5))
+    torch.testing.assert_close(shifted[0, :, :-2], single[0, :, 2:])
     both = templates.resample_modalities(["flair", "t1"], torch.as_tensor(affine), (6, 7, 5))
     assert both.shape == (2, 6, 7, 5)
     torch.testing.assert_close(both[0], templates.resample_to_grid("flair", affine, (6, 7, 5))[0])

@@ -15,13 +15,9 @@ from brainmvp_components.networks.uniformer import uniformer_tiny
 from brainmvp_components.networks.uniunet import UniUNet, brainmvp_uniunet
 from brainmvp_components.weights import CheckpointFormatError, load_pretrained_encoder
 
-REFERENCE_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "official_brainmvp"
+REFERENCE_DIR = Path(__file__).resolve().parent / "data" / "official_brainmvp"
 FINETUNE_JSON = REFERENCE_DIR / "official_finetune_uniunet_state_dict_shapes.json"
 PRETRAIN_JSON = REFERENCE_DIR / "official_pretrain_state_dict_shapes.json"
-needs_reference = pytest.mark.skipif(
-    not (FINETUNE_JSON.is_file() and PRETRAIN_JSON.is_file()),
-    reason=f"official BrainMVP reference files not found at {REFERENCE_DIR}",
-)
 STEM = ["encoder.patch_embed1.proj.weight", "encoder.patch_embed1.proj.bias"]
 
 
@@ -32,7 +28,6 @@ def _fill(key: str, shape: list[int]) -> torch.Tensor:
     return torch.randn(shape, generator=g) / math.sqrt(max(1, math.prod(shape[1:])))
 
 
-@needs_reference
 def test_state_dict_matches_official_finetune_layout():
     expected = {k: tuple(v) for k, v in json.loads(FINETUNE_JSON.read_text()).items()}
     net = brainmvp_uniunet("small", in_channels=4, out_channels=3)
@@ -121,7 +116,6 @@ def test_load_pretrain_model_pt(tmp_path):
     )
 
 
-@needs_reference
 def test_load_official_checkpoint_into_uniunet(tmp_path):
     shapes = json.loads(PRETRAIN_JSON.read_text())
     state = {f"module.{k}": _fill(k, v) for k, v in shapes.items()}

@@ -15,6 +15,12 @@ SampleModalitiesd`):
    pairs the deepest features of the two views of each target (the other targets of the batch are negatives);
 5. ``loss = md_weight * L_MD + cmr_weight * L_CMR + cl_weight * L_CL``.
 
+``objective="mae"`` is the masked-image-modelling baseline of the same encoder and decoder (the paper's MAE3D
+comparison): the same block mask, one view per target whose masked blocks are filled with zeros or with the mean
+of the crop's visible voxels (``mae_fill``), and ``loss = L_MAE = MSE(rec(view), x_m)`` over the whole crop, as
+``L_MD`` is. No template, no cross-modal fill and no contrastive term take part; ``loss_md``, ``loss_cmr`` and
+``loss_cl`` are reported as 0. BrainMVP (``objective="brainmvp"``) is the default.
+
 :func:`compute_pretrain_losses` is this computation as a pure function (used by the trainer, the preview
 handler and benchmarks); :class:`BrainMVPPretrainTrainer` adds AMP, gradient accumulation, the epoch schedule
 and the ignite events, in the form of MONAI's ``SupervisedTrainer``.
@@ -35,6 +41,7 @@ from monai.data import MetaTensor
 from monai.engines import Trainer
 from monai.engines.utils import IterationEvents
 from monai.engines.workflow import Workflow
+from monai.inferers import Inferer, SimpleInferer
 from torch import nn
 from torch.optim import Optimizer
 from torch.utils.data import DataLoader
@@ -43,11 +50,34 @@ from brainmvp_components.checkpoints import unwrap_module
 from brainmvp_components.engines.accumulation import accumulation_state
 from brainmvp_components.masking import fill_masked, random_block_mask
 
-__all__ = ["LOSS_KEYS", "BrainMVPPretrainTrainer", "compute_pretrain_losses"]
+__all__ = ["LOSS_KEYS", "MAE_FILLS", "OBJECTIVES", "BrainMVPPretrainTrainer", "compute_pretrain_losses"]
 
 LOSS_KEYS: tuple[str, ...] = ("loss", "loss_md", "loss_cmr", "loss_cl")
 """Scalar terms in the trainer's ``engine.state.output[0]`` (besides ``lr``); their epoch means go to
 ``state.metrics`` as ``train_<key>``."""
+
+OBJECTIVES: tuple[str, ...] = ("brainmvp", "mae")
+"""Pre-training objectives: BrainMVP (template and cross-modal fills, contrastive term) or the masked-image-modelling
+baseline (one view, a constant fill, reconstruction only)."""
+
+MAE_FILLS: tuple[str, ...] = ("zeros", "mean")
+"""Fills of the masked blocks under ``objective="mae"``: zeros, or the mean of each crop's visible voxels."""
+
+
+def _check_objective(objective: str, mae_fill: str) -> None:
+    if objective not in OBJECTIVES:
+        raise ValueError(f"unknown pre-training objective {objective!r}; choose one of {list(OBJECTIVES)}")
+    if mae_fill not in MAE_FILLS:
+        raise ValueError(f"unknown mae_fill {mae_fill!r}; choose one of {list(MAE_FILLS)}")
+
+
+def _constant_fill(target: torch.Tensor, mask: torch.Tensor, mode: str) -> torch.Tensor:
+    """``(N, 1, 1, 1, 1)`` fill values of the MAE view: zeros, or the mean of each crop's visible voxels."""
+    if mode == "zeros":
+        return torch.zeros((target.shape[0], 1, 1, 1, 1), dtype=target.dtype, device=target.device)
+    visible = (~mask).to(target.dtype)
+    total = (target * visible).sum(dim=(1, 2, 3, 4), keepdim=True)
+    return total / visible.sum(dim=(1, 2, 3, 4), keepdim=True).clamp_min(1.0)
 
 
 def compute_pretrain_losses(
@@ -66,6 +96,9 @@ def compute_pretrain_losses(
     template_for_partner: bool = False,
     generator: torch.Generator | None = None,
     mask: torch.Tensor | None = None,
+    inferer: Callable[..., Any] | None = None,
+    objective: str = "brainmvp",
+    mae_fill: str = "zeros",
 ) -> dict[str, torch.Tensor]:
     """The BrainMVP pre-training losses of one batch (see the module docstring for the recipe).
 
@@ -87,15 +120,27 @@ def compute_pretrain_losses(
         template_for_partner: fill view B with the template too (the authors' template warm-up).
         generator: random generator for the masks.
         mask: a precomputed ``BoolTensor (B * K, 1, H, W, D)`` mask (``True`` = masked) instead of a random one.
+        inferer: runs the network on the views as ``inferer(views, network)`` (a MONAI ``Inferer``, e.g.
+            ``SimpleInferer``); ``None`` calls ``network(views)``.
+        objective: ``"brainmvp"`` (the recipe above) or ``"mae"``: one view whose masked blocks hold ``mae_fill``,
+            ``loss = MSE(rec(view), x_m)``; the templates, partners, loss weights and ``template_for_partner``
+            are not used.
+        mae_fill: ``"zeros"`` or ``"mean"`` (of each crop's visible voxels); used by ``objective="mae"`` only.
 
     Returns:
         ``loss``, ``loss_md``, ``loss_cmr``, ``loss_cl`` (float32 scalars) and the tensors of the step, each with
         ``N = B * K`` rows in target order ``b * K + k``: ``target``, ``mask``, ``fill_a`` (the template crops),
-        ``fill_b``, ``view_a``, ``view_b``, ``rec_a``, ``rec_b``, ``features_a``, ``features_b``.
+        ``fill_b``, ``view_a``, ``view_b``, ``rec_a``, ``rec_b``, ``features_a``, ``features_b``. Under
+        ``objective="mae"`` the ``_a`` and ``_b`` tensors are the one view's, ``fill_a`` is ``(N, 1, 1, 1, 1)``,
+        and ``loss_md``, ``loss_cmr``, ``loss_cl`` are 0.
 
     Raises:
-        ValueError: inconsistent shapes, or partner positions outside ``-1..K-1``.
+        ValueError: inconsistent shapes, partner positions outside ``-1..K-1``, an unknown ``objective`` or
+            ``mae_fill``, or a ``contrastive_loss`` with ``objective="mae"``.
     """
+    _check_objective(objective, mae_fill)
+    if objective == "mae" and contrastive_loss is not None:
+        raise ValueError("objective 'mae' has no contrastive term: pass contrastive_loss=None")
     if images.ndim != 5:
         raise ValueError(f"images must be (B, K, H, W, D), got shape {tuple(images.shape)}")
     batch, num_targets = images.shape[:2]
@@ -115,6 +160,13 @@ def compute_pretrain_losses(
 
     n = batch * num_targets
     target = images.reshape(n, 1, *roi)
+    if mask is None:
+        mask = random_block_mask(n, roi, block_size, mask_ratio, generator=generator, device=images.device)
+    elif tuple(mask.shape) != (n, 1, *roi):
+        raise ValueError(f"mask must be (B * K, 1, H, W, D) = {(n, 1, *roi)}, got shape {tuple(mask.shape)}")
+    if objective == "mae":
+        return _mae_losses(network, target, mask, _constant_fill(target, mask, mae_fill), inferer)
+
     templates = unwrap_module(network).templates
     rows = templates.indices_for(modality_index.reshape(-1))
     fill_a = templates.crop(rows, affine.repeat_interleave(num_targets, dim=0), roi)
@@ -128,14 +180,11 @@ def compute_pretrain_losses(
         use_template = torch.ones_like(use_template)
     fill_b = torch.where(use_template.view(n, 1, 1, 1, 1), fill_a.to(target.dtype), target[partner_rows])
 
-    if mask is None:
-        mask = random_block_mask(n, roi, block_size, mask_ratio, generator=generator, device=images.device)
-    elif tuple(mask.shape) != (n, 1, *roi):
-        raise ValueError(f"mask must be (B * K, 1, H, W, D) = {(n, 1, *roi)}, got shape {tuple(mask.shape)}")
     view_a = fill_masked(target, mask, fill_a)
     view_b = fill_masked(target, mask, fill_b)
 
-    reconstruction, features = network(torch.cat([view_a, view_b]))
+    views = torch.cat([view_a, view_b])
+    reconstruction, features = network(views) if inferer is None else inferer(views, network)
     rec_a, rec_b = reconstruction[:n], reconstruction[n:]
     features_a, features_b = features[:n], features[n:]
     reference = target.float()
@@ -161,6 +210,37 @@ def compute_pretrain_losses(
         "rec_b": rec_b,
         "features_a": features_a,
         "features_b": features_b,
+    }
+
+
+def _mae_losses(
+    network: nn.Module,
+    target: torch.Tensor,
+    mask: torch.Tensor,
+    fill: torch.Tensor,
+    inferer: Callable[..., Any] | None,
+) -> dict[str, torch.Tensor]:
+    """The masked-image-modelling baseline: one view, ``loss = MSE(rec(view), target)`` (see
+    :func:`compute_pretrain_losses`)."""
+    view = fill_masked(target, mask, fill)
+    reconstruction, features = network(view) if inferer is None else inferer(view, network)
+    loss = F.mse_loss(reconstruction.float(), target.float())
+    zero = torch.zeros((), device=loss.device)
+    return {
+        "loss": loss,
+        "loss_md": zero,
+        "loss_cmr": zero,
+        "loss_cl": zero,
+        "target": target,
+        "mask": mask,
+        "fill_a": fill,
+        "fill_b": fill,
+        "view_a": view,
+        "view_b": view,
+        "rec_a": reconstruction,
+        "rec_b": reconstruction,
+        "features_a": features,
+        "features_b": features,
     }
 
 
@@ -203,6 +283,7 @@ class BrainMVPPretrainTrainer(Trainer):
             ``DistributedDataParallel``.
         optimizer: optimizer over the network's parameters (templates included).
         contrastive_loss: loss on the deepest features of the two views (``InfoNCELoss``); ``None`` disables it.
+        inferer: runs the network on the masked views (``inferer(views, network)``); default ``SimpleInferer()``.
         mask_ratio: fraction of masked blocks (the authors: 0.8).
         block_size: block side in voxels (8).
         md_weight: weight of the distillation reconstruction loss (the authors' code: 10).
@@ -211,6 +292,10 @@ class BrainMVPPretrainTrainer(Trainer):
         template_warmup_epochs: epochs ``1..template_warmup_epochs`` fill view B with the template as well
             (the authors: 300 of 1500).
         contrastive_start_epoch: first epoch with the contrastive term (the authors: 1000).
+        objective: ``"brainmvp"`` (default) or ``"mae"``, the masked-image-modelling baseline of
+            :func:`compute_pretrain_losses` (no templates, no cross-modal fill, no contrastive term; the loss
+            weights and the epoch schedule are then unused).
+        mae_fill: fill of the masked blocks under ``objective="mae"``: ``"zeros"`` or ``"mean"``.
         amp: automatic mixed precision via ``torch.autocast`` on the device's type.
         amp_dtype: autocast dtype; default ``float16`` on CUDA (with a gradient scaler) and ``bfloat16`` elsewhere.
         gradient_accumulation_steps: step the optimizer every this many iterations (the authors: 2), and at the
@@ -235,6 +320,7 @@ class BrainMVPPretrainTrainer(Trainer):
         network: nn.Module,
         optimizer: Optimizer,
         contrastive_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+        inferer: Inferer | None = None,
         mask_ratio: float = 0.8,
         block_size: int | Sequence[int] = 8,
         md_weight: float = 10.0,
@@ -242,6 +328,8 @@ class BrainMVPPretrainTrainer(Trainer):
         cl_weight: float = 1.0,
         template_warmup_epochs: int = 300,
         contrastive_start_epoch: int = 1000,
+        objective: str = "brainmvp",
+        mae_fill: str = "zeros",
         amp: bool = False,
         amp_dtype: torch.dtype | str | None = None,
         gradient_accumulation_steps: int = 1,
@@ -262,6 +350,7 @@ class BrainMVPPretrainTrainer(Trainer):
             )
         if not 0.0 <= mask_ratio <= 1.0:
             raise ValueError(f"mask_ratio must lie in [0, 1], got {mask_ratio}")
+        _check_objective(objective, mae_fill)
         super().__init__(
             device=device,
             max_epochs=max_epochs,
@@ -279,6 +368,7 @@ class BrainMVPPretrainTrainer(Trainer):
         self.network = network
         self.optimizer = optimizer
         self.contrastive_loss = contrastive_loss
+        self.inferer = SimpleInferer() if inferer is None else inferer
         self.mask_ratio = float(mask_ratio)
         self.block_size = block_size
         self.md_weight = float(md_weight)
@@ -286,6 +376,7 @@ class BrainMVPPretrainTrainer(Trainer):
         self.cl_weight = float(cl_weight)
         self.template_warmup_epochs = int(template_warmup_epochs)
         self.contrastive_start_epoch = int(contrastive_start_epoch)
+        self.objective, self.mae_fill = objective, mae_fill
         self.accumulation_steps = int(gradient_accumulation_steps)
         self.optim_set_to_none = optim_set_to_none
         self.image_key, self.modality_index_key, self.partner_key = image_key, modality_index_key, partner_key
@@ -306,13 +397,18 @@ class BrainMVPPretrainTrainer(Trainer):
         Workflow.run(self)
 
     def schedule(self, epoch: int) -> dict[str, Any]:
-        """Epoch-dependent arguments of :func:`compute_pretrain_losses`: template warm-up and contrastive term."""
-        contrastive = self.contrastive_loss if epoch >= self.contrastive_start_epoch else None
+        """Epoch-dependent arguments of :func:`compute_pretrain_losses`: template warm-up and contrastive term
+        (never under ``objective="mae"``)."""
+        late = epoch >= self.contrastive_start_epoch and self.objective == "brainmvp"
+        contrastive = self.contrastive_loss if late else None
         return {"template_for_partner": epoch <= self.template_warmup_epochs, "contrastive_loss": contrastive}
 
     def loss_kwargs(self) -> dict[str, Any]:
-        """Fixed arguments of :func:`compute_pretrain_losses` (masking and loss weights)."""
+        """Fixed arguments of :func:`compute_pretrain_losses` (inferer, objective, masking and loss weights)."""
         return {
+            "inferer": self.inferer,
+            "objective": self.objective,
+            "mae_fill": self.mae_fill,
             "mask_ratio": self.mask_ratio,
             "block_size": self.block_size,
             "md_weight": self.md_weight,

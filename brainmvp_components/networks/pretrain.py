@@ -11,6 +11,7 @@ are held here so that one state dict carries everything pre-training learns.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Union
 
 import numpy as np
 import torch
@@ -74,7 +75,7 @@ class PretrainDecoder(nn.Module):
 
     def forward(self, x4: torch.Tensor) -> torch.Tensor:
         if x4.ndim != 5 or x4.shape[1] != self.dims[3]:
-            raise ValueError(f"PretrainDecoder expects (B, {self.dims[3]}, h, w, d), got shape {tuple(x4.shape)}")
+            raise ValueError(f"PretrainDecoder expects (B, {self.dims[3]}, h, w, d), got shape {list(x4.shape)}")
         return self.out_1(self.decoder2(self.decoder3(self.decoder4(self.decoder5(x4)))))
 
 
@@ -90,7 +91,9 @@ class BrainMVPPretrainModel(nn.Module):
             model (state-dict key ``templates.weight``).
 
     :meth:`forward` maps a single-modality (possibly masked and filled) crop ``x (B, 1, H, W, D)`` to
-    ``(reconstruction (B, 1, H, W, D), x4 (B, dims[-1], H / 16, W / 16, D / 16))``.
+    ``(reconstruction (B, 1, H, W, D), x4 (B, dims[-1], H / 16, W / 16, D / 16))``, or to the reconstruction
+    alone with ``return_features=False`` (the image-to-image form that ``monai.bundle verify_net_in_out`` checks,
+    with ``extra_forward_args={"return_features": False}``).
 
     State-dict layout: ``encoder.<UniFormer3D keys>``, ``decoder.decoder{5,4,3,2}.transp_conv.conv.weight``,
     ``decoder.out_1.conv.conv.{weight,bias}``, ``templates.*``.
@@ -102,9 +105,13 @@ class BrainMVPPretrainModel(nn.Module):
         self.decoder = decoder
         self.templates = templates
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, x: torch.Tensor, return_features: bool = True
+    ) -> Union[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:  # noqa: UP007 (TorchScript reads typing.Union)
         features = self.encoder(x)
         x4 = features[-1]
+        if not return_features:
+            return self.decoder(x4)
         return self.decoder(x4), x4
 
     def parameter_groups(
@@ -153,6 +160,7 @@ def brainmvp_pretrain_model(
     template_affine: np.ndarray | torch.Tensor | None = None,
     modalities: Sequence[str] = CANONICAL_MODALITIES,
     template_range_floor: float = 1e-6,
+    learn_templates: bool = True,
     **encoder_kwargs,
 ) -> BrainMVPPretrainModel:
     """Build a :class:`BrainMVPPretrainModel` from a UniFormer preset, for bundle configs.
@@ -169,6 +177,9 @@ def brainmvp_pretrain_model(
             second-moment estimate then shrinks every later step of those voxels for thousands of iterations,
             freezing the first steps' noise. A floor of the order of the image range (1) keeps early and late
             gradients comparable; crops whose range exceeds the floor are normalised exactly as before.
+        learn_templates: ``False`` freezes the templates (``requires_grad=False``), for objectives that never
+            fill a view with them (the masked-image-modelling baseline), so distributed training sees no parameter
+            without a gradient.
         encoder_kwargs: overrides for :class:`UniFormer3D` (``in_channels`` is fixed to 1).
     """
     from brainmvp_components.templates import ModalityTemplates
@@ -181,4 +192,5 @@ def brainmvp_pretrain_model(
     templates = ModalityTemplates(
         modalities=tuple(modalities), spatial_shape=tuple(template_shape), affine=affine, eps=template_range_floor
     )
+    templates.requires_grad_(bool(learn_templates))
     return BrainMVPPretrainModel(encoder, decoder, templates)

@@ -30,7 +30,7 @@ from monai.utils.type_conversion import convert_to_dst_type
 
 from brainmvp_components.masking import fill_masked, random_block_mask
 from brainmvp_components.templates import ModalityTemplates
-from brainmvp_components.transforms.templates import load_frozen_templates
+from brainmvp_components.transforms.templates import foreground_of, load_frozen_templates
 
 __all__ = ["RandTemplateBlockFill", "RandTemplateBlockFilld"]
 
@@ -41,8 +41,8 @@ class RandTemplateBlockFill(RandomizableTransform):
     With probability ``prob``, each channel of ``img (C, H, W, D)`` gets its own random block mask (exactly
     ``N - floor(N (1 - r))`` of its ``N`` blocks, :func:`~brainmvp_components.masking.random_block_mask`), and
     its masked voxels are replaced by the template of the channel's modality resampled on the image's grid
-    (:meth:`~brainmvp_components.templates.ModalityTemplates.resample_modalities`, min-max normalised to [0, 1]
-    like the percentile-scaled images). Other voxels are untouched. Sides that are not multiples of the block
+    (:meth:`~brainmvp_components.templates.ModalityTemplates.resample_rows`, in [0, 1] like the percentile-scaled
+    images, zero outside the image's foreground). Other voxels are untouched. Sides that are not multiples of the block
     size end in partial blocks.
 
     Args:
@@ -115,7 +115,8 @@ class RandTemplateBlockFill(RandomizableTransform):
                 raise ValueError("the image's affine is needed: pass a MetaTensor or `affine`")
             affine = img.affine
         x = torch.as_tensor(img).as_subclass(torch.Tensor)
-        fill = self.templates.crop(self.templates.indices_for(index), affine, x.shape[1:])[:, 0]
+        fill = self.templates.resample_rows(self.templates.indices_for(index), affine, x.shape[1:])
+        fill = fill * foreground_of(x, range(x.shape[0]))
         mask = self.block_mask(x.shape[0], x.shape[1:], device=x.device)
         out = fill_masked(x[None], mask[None], fill.to(x.device)[None])[0]
         return convert_to_dst_type(out, img)[0]

@@ -36,6 +36,8 @@ from brainmvp_components.modalities import canonical_modalities, canonical_modal
 
 __all__ = [
     "load_frozen_templates",
+    "foreground_of",
+    "FOREGROUND_THRESHOLD",
     "RandTemplateReplace",
     "RandTemplateReplaced",
     "ImputeMissingModalities",
@@ -95,11 +97,29 @@ def _affine_of(img: torch.Tensor) -> torch.Tensor:
     return torch.as_tensor(img.affine, dtype=torch.float64).reshape(4, 4)
 
 
+FOREGROUND_THRESHOLD = 0.05
+"""Intensity above which a voxel of a percentile-scaled image (5th/95th percentiles to [0, 1]) holds anatomy."""
+
+
+def foreground_of(img: torch.Tensor, channels: Sequence[int], threshold: float = FOREGROUND_THRESHOLD) -> torch.Tensor:
+    """Where any of ``channels`` of ``img (C, *spatial)`` exceeds ``threshold``: ``BoolTensor (*spatial)``.
+
+    Templates are confined to this mask of the real channels: outside the head an image is background (zero),
+    whatever the template learned there, and a replaced channel must not outline a brain where the case has none.
+    """
+    if not channels:
+        return torch.zeros(img.shape[1:], dtype=torch.bool, device=img.device)
+    real = torch.as_tensor(img).as_subclass(torch.Tensor)[list(channels)]
+    return real.amax(dim=0) > threshold
+
+
 @torch.no_grad()
-def _template_channel(templates, modality: str, img: torch.Tensor) -> torch.Tensor:
-    """The template of ``modality`` on the grid of ``img`` (C, *spatial), shape ``spatial``, ``img``'s dtype."""
+def _template_channel(templates, modality: str, img: torch.Tensor, foreground: torch.Tensor) -> torch.Tensor:
+    """The template of ``modality`` on the grid of ``img`` (C, *spatial), zero outside ``foreground``, shape
+    ``spatial``, ``img``'s dtype."""
     volume = templates.resample_to_grid(modality, _affine_of(img), tuple(img.shape[1:]))
-    return torch.as_tensor(volume).reshape(img.shape[1:]).to(device=img.device, dtype=img.dtype)
+    volume = torch.as_tensor(volume).reshape(img.shape[1:]).to(device=img.device, dtype=img.dtype)
+    return volume * foreground.to(volume.device)
 
 
 class RandTemplateReplace(Randomizable, Transform):
@@ -107,7 +127,10 @@ class RandTemplateReplace(Randomizable, Transform):
 
     Per call, ``k`` is drawn uniformly from ``0 .. min(max_replace, C - 1)`` (so at least one real channel
     always remains) and ``k`` distinct channels are chosen uniformly; each is overwritten by its template
-    resampled at the physical voxel centres of the input (its affine) and min-max normalised to [0, 1].
+    resampled at the physical voxel centres of the input (its affine), scaled to [0, 1] by the template's fixed
+    intensity window (:meth:`~brainmvp_components.templates.ModalityTemplates.resample_rows`) and set to zero
+    outside the foreground of the channels that stay real (:func:`foreground_of`), as a percentile-scaled image
+    is. Apply it before intensity augmentation, which may shift the background away from zero.
 
     Args:
         templates: see :func:`load_frozen_templates`; ``None`` or a directory without templates makes the
@@ -145,8 +168,11 @@ class RandTemplateReplace(Randomizable, Transform):
         if randomize:
             self.randomize(img.shape[0])
         out = img.clone()
-        for c in self.replaced:
-            out[c] = _template_channel(self.templates, self.modalities[c], img)
+        if self.replaced:
+            kept = [c for c in range(img.shape[0]) if c not in self.replaced]
+            foreground = foreground_of(img, kept)
+            for c in self.replaced:
+                out[c] = _template_channel(self.templates, self.modalities[c], img, foreground)
         return out
 
 
@@ -331,14 +357,18 @@ class ImputeMissingModalities(Transform):
             present = [m for m in self.modalities if m not in missing]
             placement = self.place(img, present, name)
             grid = torch.as_tensor(placement.transform, dtype=torch.float64) @ _affine_of(img)
+            placed = {}
             for m in missing:
                 volume = self.templates.resample_to_grid(m, grid, tuple(img.shape[1:]))
-                out[self.modalities.index(m)] = torch.as_tensor(volume).reshape(img.shape[1:]).to(out)
+                placed[m] = torch.as_tensor(volume).reshape(img.shape[1:]).to(out)
+            foreground = foreground_of(img, [self.modalities.index(m) for m in present]).to(out.device)
+            for m, volume in placed.items():
+                out[self.modalities.index(m)] = volume * foreground
             imputed = list(missing)
             head = np.zeros(tuple(img.shape[1:]), dtype=bool)
             for m in present:
                 head |= foreground_mask(torch.as_tensor(img[self.modalities.index(m)]).detach().cpu().float().numpy())
-            covered = torch.stack([out[self.modalities.index(m)] for m in missing]).amin(0).detach().cpu().numpy()
+            covered = torch.stack(list(placed.values())).amin(0).detach().cpu().numpy()
             placement.quality["coverage"] = foreground_coverage(covered, head)
             record = placement.as_record()
             coverage = placement.quality["coverage"]
@@ -445,7 +475,9 @@ class SaveModalityRecordd(MapTransform):
 
     Place it after ``SaveImaged(..., savepath_in_metadict=True)``: the prediction's ``meta["saved_to"]`` gives
     the image file, and ``<name>.json`` (the image file name with its ``.nii.gz``/``.nii`` suffix replaced) is
-    written atomically beside it::
+    written atomically beside it. The record is also put in the prediction's meta data under
+    ``"modality_record"``, so a host that drops the writer from the postprocessing (MONAI Label writes the label
+    itself) still gets it; without ``saved_to`` no file is written::
 
         {"case": ..., "modalities_used": [...], "imputed_modalities": [...], "missing_modalities": [...],
          "template_registration": {...} or null, "imputed_files": {modality: file name}}
@@ -508,20 +540,17 @@ class SaveModalityRecordd(MapTransform):
         for key in self.key_iterator(d):
             pred_meta = d[key].meta if isinstance(d[key], MetaTensor) else {}
             saved = pred_meta.get("saved_to")
-            if not saved:
-                raise ValueError(
-                    f"{key!r} has no 'saved_to' meta data: run SaveImaged with savepath_in_metadict=True before "
-                    f"{type(self).__name__}"
-                )
             image = d.get(self.image_key)
             meta = image.meta if isinstance(image, MetaTensor) and "missing_modalities" in image.meta else pred_meta
             missing = _names(meta.get("missing_modalities"))
             imputed = _names(meta.get("imputed_modalities"))
-            case = str(d.get("case") or meta.get("case_id") or case_id_from_path(meta.get("filename_or_obj") or saved))
+            source = meta.get("filename_or_obj") or saved
+            case = str(d.get("case") or meta.get("case_id") or (case_id_from_path(source) if source else "case"))
             registration = _first_string(meta.get(REGISTRATION_META_KEY))
-            saved = Path(str(saved))
             imputed = [m for m in self.modalities if m in imputed]
-            files = self._write_imputed(image, imputed, saved.parent, case) if self.save_imputed else {}
+            files = {}
+            if saved and self.save_imputed:
+                files = self._write_imputed(image, imputed, Path(str(saved)).parent, case)
             record = {
                 "case": case,
                 "modalities_used": [m for m in self.modalities if m not in missing],
@@ -530,5 +559,11 @@ class SaveModalityRecordd(MapTransform):
                 "template_registration": json.loads(registration) if registration else None,
                 "imputed_files": files,
             }
-            write_json(saved.with_name(strip_nifti_suffix(saved) + ".json"), record)
+            if isinstance(d[key], MetaTensor):
+                d[key].meta["modality_record"] = record
+            if saved:
+                saved = Path(str(saved))
+                write_json(saved.with_name(strip_nifti_suffix(saved) + ".json"), record)
+            else:
+                logger.info(f"{key!r} was not saved by SaveImaged (no 'saved_to' meta data): no record file for {case}")
         return d
