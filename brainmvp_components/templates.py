@@ -268,7 +268,9 @@ class ModalityTemplates(nn.Module):
         return window
 
     @torch.no_grad()
-    def resample_rows(self, rows: torch.Tensor, affine: torch.Tensor | np.ndarray, shape: Sequence[int]) -> torch.Tensor:
+    def resample_rows(
+        self, rows: torch.Tensor, affine: torch.Tensor | np.ndarray, shape: Sequence[int]
+    ) -> torch.Tensor:
         """Templates of weight ``rows`` on one image grid, in the images' intensity convention: ``(R, *shape)``.
 
         Each template is scaled by its fixed :meth:`intensity_window` to [0, 1] and clipped, as the bundles scale
