@@ -264,13 +264,9 @@ class ReconstructionPreviewHandler:
                 f"masked view ({kwargs.get('mae_fill', 'zeros')} fill)": volume("view_a"),
                 "reconstruction": volume("rec_a"),
             }, network.templates.as_arrays()
-        panels = {
-            f"original ({target_name})": volume("target"),
-            f"view A (template {target_name})": volume("view_a"),
-            f"view B ({fill_b} fill)": volume("view_b"),
-            "reconstruction A": volume("rec_a"),
-            "reconstruction B": volume("rec_b"),
-        }
+        from brainmvp_components.visualisation import reconstruction_panels
+
+        panels = reconstruction_panels(volume, target_name, fill_b)
         arrays = network.templates.as_arrays()
         trained = {name: array for name, array in arrays.items() if np.any(array)}
         return panels, trained or arrays

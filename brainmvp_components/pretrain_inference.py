@@ -197,7 +197,7 @@ class MaskedReconstructionPreviewSaver:
     @torch.no_grad()
     def __call__(self, engine: Engine) -> list[Path]:
         from brainmvp_components.engines.pretrain import compute_pretrain_losses
-        from brainmvp_components.visualisation import save_reconstruction_preview
+        from brainmvp_components.visualisation import reconstruction_panels, save_reconstruction_preview
 
         batch = engine.state.batch
         if isinstance(batch, Sequence) and batch:  # MONAI engines decollate the batch into its items
@@ -233,13 +233,7 @@ class MaskedReconstructionPreviewSaver:
         def volume(key: str) -> np.ndarray:
             return terms[key][0, 0].float().cpu().numpy()
 
-        panels = {
-            f"original ({target_name})": volume("target"),
-            f"view A (template {target_name})": volume("view_a"),
-            f"view B ({fill_b} fill)": volume("view_b"),
-            "reconstruction A": volume("rec_a"),
-            "reconstruction B": volume("rec_b"),
-        }
+        panels = reconstruction_panels(volume, target_name, fill_b)
         png = save_reconstruction_preview(
             panels, self.output_dir / f"{case}{PREVIEW_SUFFIX}.png", title=f"{case}: masked reconstruction"
         )

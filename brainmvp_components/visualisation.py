@@ -12,7 +12,7 @@ then ``os.replace``).
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -247,6 +247,21 @@ def save_template_montage(templates: Mapping[str, np.ndarray], path: str | os.Pa
         _panel(axes[0, col], axial_slice(volume, k), window, name)
         _panel(axes[1, col], coronal_slice(volume, j), window)
     return _save(fig, path, dpi)
+
+
+def reconstruction_panels(volume: Callable[[str], np.ndarray], target: str, fill_b: str) -> dict[str, np.ndarray]:
+    """The panels of a BrainMVP reconstruction preview, titled, from ``volume(key)`` for the pre-training terms
+    ``target``, ``view_a``, ``view_b``, ``rec_a`` and ``rec_b`` (each ``(H, W, D)``).
+
+    ``target`` names the reconstructed modality, ``fill_b`` the partner modality (or ``"template"``) of view B.
+    """
+    return {
+        f"original ({target})": volume("target"),
+        f"view A (template {target})": volume("view_a"),
+        f"view B ({fill_b} fill)": volume("view_b"),
+        "reconstruction A": volume("rec_a"),
+        "reconstruction B": volume("rec_b"),
+    }
 
 
 def save_reconstruction_preview(

@@ -47,6 +47,8 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$digest" ]; then
   echo "$digest" > "$stamp"
 fi
 PY="$ML_ENV/bin/python"
+# this checkout's package, whichever checkout the environment was first installed from
+export PYTHONPATH="$REPO_ROOT${PYTHONPATH:+:$PYTHONPATH}"
 # the `monailabel` command is a shell script that runs the first `python` on the PATH
 export PATH="$ML_ENV/bin:$PATH"
 "$PY" -c "import monai, monailabel, torch; print(f'[monailabel] MONAI Label {monailabel.__version__}, MONAI {monai.__version__}, torch {torch.__version__}')"
