@@ -6,6 +6,9 @@ Three file formats meet here:
   "current_epoch": ..., "val_best": ...}`` (or a bare state dict), keys possibly prefixed ``module.``;
   ``encoder.uniformer.*`` (UniFormer-S), ``decoder.*`` and ``rep_template`` (the distilled templates,
   ``(8, 240, 240, 155)`` in the order :data:`~brainmvp_components.modalities.OFFICIAL_TEMPLATE_ORDER`);
+- the authors' ``BrainMVP_unet.pt``, wrapped the same way: the UNet variant's modules at the top level
+  (``conv1a.*`` ... ``conv4d.*``, ``up4conva.*`` ... ``up1conv.*``) and ``rep_template``; it maps onto
+  :class:`~brainmvp_components.networks.resunet.ResUNet` by prefixing ``encoder.`` / ``decoder.``;
 - ``encoder.pt``: a plain state dict of :class:`~brainmvp_components.networks.uniformer.UniFormer3D`, the
   format the downstream bundles load;
 - ``model.pt``: a plain state dict of :class:`~brainmvp_components.networks.pretrain.BrainMVPPretrainModel`
@@ -30,6 +33,7 @@ from brainmvp_components.atlas import BRATS_ATLAS_AFFINE, BRATS_ATLAS_SHAPE
 from brainmvp_components.checkpoints import atomic_torch_save
 from brainmvp_components.modalities import CANONICAL_MODALITIES, OFFICIAL_TEMPLATE_ORDER
 from brainmvp_components.networks.pretrain import BrainMVPPretrainModel, PretrainDecoder
+from brainmvp_components.networks.resunet import ResUNet, ResUNetDecoder, ResUNetEncoder
 from brainmvp_components.networks.uniformer import UniFormer3D
 
 __all__ = [
@@ -45,6 +49,10 @@ __all__ = [
     "check_official_structure",
     "prepare_official_checkpoint",
     "find_pretrained_encoder",
+    "official_checkpoint_variant",
+    "official_unet_state_dict_shapes",
+    "official_unet_to_network_state_dict",
+    "load_official_unet_checkpoint",
 ]
 
 logger = logging.getLogger(__name__)
@@ -56,10 +64,20 @@ OFFICIAL_UNUSED_KEYS = re.compile(r"^decoder\.(decoder[2-5]\.conv_block\.|proj1\
 ``UnetrUpBlock`` convolution blocks and the input projection of a skip decoder that is not run). They carry
 initial values only; :func:`load_official_checkpoint` skips them."""
 
+OFFICIAL_UNET_ENCODER_MODULES = tuple(name for name, _ in ResUNetEncoder(init_channels=8).named_children())
+"""Top-level modules of the authors' UNet checkpoint that belong to the encoder (``conv1a`` ... ``conv4d``)."""
+OFFICIAL_UNET_DECODER_MODULES = tuple(
+    name
+    for name, module in ResUNetDecoder(init_channels=8).named_children()
+    if next(module.parameters(), None) is not None
+)
+"""Top-level modules of the authors' UNet checkpoint that belong to the decoder (``up4conva`` ... ``up1conv``)."""
+_UNET_MARKERS = ("conv1a.weight", "up1conv.weight")
+
 _CONTAINER_KEYS = ("state_dict", "model", "network", "net")
-_ENCODER_STEM = "patch_embed1.proj."
+_ENCODER_STEMS = ("patch_embed1.proj.", "conv1a.")
 _DECODER_STEM = "decoder.proj1.proj."
-_HEAD_PREFIXES = ("decoder.out.", "ms_out.")
+_HEAD_PREFIXES = ("decoder.out.", "ms_out.", "decoder.up1conv.")
 
 
 class CheckpointFormatError(ValueError):
@@ -169,7 +187,8 @@ def official_to_model_state_dict(
         sample = ", ".join(list(state)[:5])
         raise CheckpointFormatError(
             f"{source}: not a BrainMVP UniFormer pre-training checkpoint (no '{OFFICIAL_TEMPLATE_KEY}' and "
-            f"'{OFFICIAL_ENCODER_PREFIX}*' keys; first keys: {sample}). The authors' BrainMVP_unet.pt is not supported."
+            f"'{OFFICIAL_ENCODER_PREFIX}*' keys; first keys: {sample}). The authors' BrainMVP_unet.pt loads with "
+            "load_official_unet_checkpoint, and convert_official_checkpoint converts either."
         )
     template = state[OFFICIAL_TEMPLATE_KEY]
     if template.ndim != 4:
@@ -214,10 +233,15 @@ def load_official_checkpoint(
         FileNotFoundError: no such file.
         CheckpointFormatError: not a BrainMVP UniFormer pre-training checkpoint, or keys/shapes do not fit.
     """
+    return _official_model_from_state(read_state_dict(path, map_location), str(path), head_dim)
+
+
+def _official_model_from_state(
+    state: Mapping[str, torch.Tensor], source: str, head_dim: int = 64
+) -> BrainMVPPretrainModel:
+    """:func:`load_official_checkpoint` on a state dict already read from ``source``."""
     from brainmvp_components.templates import ModalityTemplates
 
-    source = str(path)
-    state = read_state_dict(path, map_location)
     mapped, modalities, skipped = official_to_model_state_dict(state, source)
     encoder_state = {k[len("encoder.") :]: v for k, v in mapped.items() if k.startswith("encoder.")}
     config = _infer_uniformer_config(encoder_state, source)
@@ -258,26 +282,183 @@ def load_official_checkpoint(
     return model
 
 
+def official_checkpoint_variant(state: Mapping[str, torch.Tensor]) -> str:
+    """Which of the authors' pre-training checkpoints ``state`` (``module.`` prefixes removed) is.
+
+    ``"unet"`` when it has no ``encoder.uniformer.*`` key and some key of the UNet variant's modules
+    (:data:`OFFICIAL_UNET_ENCODER_MODULES`, :data:`OFFICIAL_UNET_DECODER_MODULES`) at the top level; otherwise
+    ``"uniformer"``, whose checks then name what a foreign file lacks.
+    """
+    if any(k.startswith(OFFICIAL_ENCODER_PREFIX) for k in state):
+        return "uniformer"
+    unet_modules = set(OFFICIAL_UNET_ENCODER_MODULES) | set(OFFICIAL_UNET_DECODER_MODULES)
+    return "unet" if any(k.split(".", 1)[0] in unet_modules for k in state) else "uniformer"
+
+
+def official_unet_to_network_state_dict(
+    state: Mapping[str, torch.Tensor],
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Map the authors' UNet pre-training state dict onto :class:`~brainmvp_components.networks.resunet.ResUNet`.
+
+    The key map is a prefix per top-level module: ``conv1a.* ... conv4d.*`` (and ``ds1..3``) become
+    ``encoder.*``, ``up4conva.* ... up1conv.*`` become ``decoder.*``; every name below stays.
+
+    Returns:
+        ``(mapped, other)``: the mapped weights, and the file's remaining entries under their own names
+        (``rep_template``, or keys of no known module).
+    """
+    mapped: dict[str, torch.Tensor] = {}
+    other: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        module = key.split(".", 1)[0]
+        if module in OFFICIAL_UNET_ENCODER_MODULES:
+            mapped["encoder." + key] = value
+        elif module in OFFICIAL_UNET_DECODER_MODULES:
+            mapped["decoder." + key] = value
+        else:
+            other[key] = value
+    return mapped, other
+
+
+def official_unet_state_dict_shapes(init_channels: int = 32, in_channels: int = 1) -> dict[str, tuple[int, ...]]:
+    """Keys and shapes that the authors' UNet pre-training checkpoint must hold (``rep_template`` aside).
+
+    Derived from this project's pre-training :class:`~brainmvp_components.networks.resunet.ResUNet` under the
+    authors' key names; the test suite checks them against the key list derived from the authors' code
+    (``tests/data/official_brainmvp/official_unet_pretrain_state_dict_shapes.json``).
+    """
+    network = ResUNet(in_channels, 1, init_channels, deep_supervision=False, skip_connections=False)
+    return {k.split(".", 1)[1]: tuple(v.shape) for k, v in network.state_dict().items()}
+
+
+def _official_templates(template: torch.Tensor, source: str):
+    """The authors' ``rep_template`` ``(M, H, W, D)`` as :class:`ModalityTemplates` in canonical order."""
+    from brainmvp_components.templates import ModalityTemplates
+
+    if template.ndim != 4:
+        raise CheckpointFormatError(f"{source}: rep_template should be (M, H, W, D), got {tuple(template.shape)}")
+    modalities, rows = _official_template_modalities(int(template.shape[0]), source)
+    shape = tuple(int(s) for s in template.shape[1:])
+    templates = ModalityTemplates(modalities=modalities, spatial_shape=shape, affine=template_grid_affine(shape))
+    with torch.no_grad():
+        templates.weight.copy_(template[rows])
+    return templates
+
+
+def _official_unet_from_state(state: Mapping[str, torch.Tensor], source: str):
+    """:func:`load_official_unet_checkpoint` on a state dict already read from ``source``."""
+    if official_checkpoint_variant(state) != "unet":
+        raise CheckpointFormatError(
+            f"{source}: not the authors' UNet variant (it has no top-level conv1a/up1conv modules); the UniFormer "
+            "checkpoint loads with load_official_checkpoint"
+        )
+    mapped, other = official_unet_to_network_state_dict(state)
+    template = other.pop(OFFICIAL_TEMPLATE_KEY, None)
+    stem, head = mapped.get("encoder.conv1a.weight"), mapped.get("decoder.up1conv.weight")
+    if stem is None or head is None or stem.ndim != 5 or head.ndim != 5:
+        first = "conv1a.weight" if stem is None or stem.ndim != 5 else "up1conv.weight"
+        raise CheckpointFormatError(f"{source}: incomplete UNet checkpoint, first mismatching key {first!r}")
+    try:
+        network = ResUNet(
+            in_channels=int(stem.shape[1]),
+            out_channels=int(head.shape[0]),
+            init_channels=int(stem.shape[0]),
+            deep_supervision=False,
+            skip_connections=False,
+        )
+    except ValueError as err:
+        raise CheckpointFormatError(f"{source}: cannot build its UNet ({tuple(stem.shape)} stem): {err}") from err
+    expected = {k: tuple(v.shape) for k, v in network.state_dict().items()}
+    problem = _structure_problems(expected, {**mapped, **other}, allowed=lambda k: False)
+    if problem:
+        raise CheckpointFormatError(
+            f"{source}: does not fit the UNet variant ({network.in_channels} input channels, "
+            f"width {stem.shape[0]}): {problem}"
+        )
+    network.load_state_dict(mapped, strict=True)
+    templates = None if template is None else _official_templates(template, source)
+    return network, templates
+
+
+def load_official_unet_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu"):
+    """Build the authors' UNet pre-training network from their ``BrainMVP_unet.pt``.
+
+    The network is :class:`~brainmvp_components.networks.resunet.ResUNet` with ``skip_connections=False`` and no
+    deep-supervision heads, sized from the file (input channels, width, output channels): its forward is the
+    authors' pre-training reconstruction, ``(B, 1, H, W, D) -> (B, 1, H, W, D)``, and ``network.encoder``
+    returns their features (``c4``, ``(B, 8C, H/8, W/8, D/8)``, the deepest). Every weight is loaded strictly.
+    ``rep_template``, when present, becomes :class:`~brainmvp_components.templates.ModalityTemplates` in canonical
+    order on the atlas grid, as for the UniFormer checkpoint.
+
+    Returns:
+        ``(network, templates or None)``, the network in training mode (call ``.eval()`` for inference).
+
+    Raises:
+        FileNotFoundError: no such file.
+        CheckpointFormatError: not the UNet variant, or keys/shapes do not fit; the message names the file and the
+            first mismatching key.
+    """
+    return _official_unet_from_state(read_state_dict(path, map_location), str(path))
+
+
+def _structure_problems(expected: Mapping[str, tuple[int, ...]], state: Mapping[str, torch.Tensor], allowed) -> str:
+    """Missing, mis-shaped and unexpected keys of ``state`` against ``expected`` (``allowed(key)`` exempts extra
+    keys), led by the first mismatching key in ``expected``'s order; empty when it fits."""
+    missing = [k for k in expected if k not in state]
+    mismatched = [
+        f"{k}: {tuple(state[k].shape)} instead of {expected[k]}"
+        for k in expected
+        if k in state and tuple(state[k].shape) != tuple(expected[k])
+    ]
+    unexpected = sorted(k for k in state if k not in expected and not allowed(k))
+    if not (missing or mismatched or unexpected):
+        return ""
+    first = next((k for k in expected if k not in state or tuple(state[k].shape) != tuple(expected[k])), None)
+    first = first if first is not None else unexpected[0]
+    return (
+        f"first mismatching key {first!r}; missing keys {missing[:10]}{' ...' if len(missing) > 10 else ''}; "
+        f"wrong shapes {mismatched[:10]}; unexpected keys {unexpected[:10]}{' ...' if len(unexpected) > 10 else ''}"
+    )
+
+
 def convert_official_checkpoint(
     path: str | os.PathLike,
     out_dir: str | os.PathLike,
     map_location: str | torch.device = "cpu",
     head_dim: int = 64,
 ) -> dict[str, Path]:
-    """Convert the authors' checkpoint into this project's files.
+    """Convert the authors' checkpoint (either variant, told apart by its keys) into this project's files.
 
     Writes, each atomically, into ``out_dir``:
 
-    - ``encoder.pt``: plain state dict of :class:`UniFormer3D` (what downstream bundles load with
-      :func:`load_pretrained_encoder`);
-    - ``model.pt``: plain state dict of :class:`BrainMVPPretrainModel` (for continued pre-training);
-    - ``templates/template_<modality>.nii.gz``: one NIfTI per distilled template, on the atlas grid.
+    - ``encoder.pt``: plain state dict of :class:`UniFormer3D` (``BrainMVP_uniformer.pt``) or of
+      :class:`~brainmvp_components.networks.resunet.ResUNetEncoder` (``BrainMVP_unet.pt``), what downstream
+      bundles load with :func:`load_pretrained_encoder`;
+    - ``model.pt``: plain state dict of :class:`BrainMVPPretrainModel` (UniFormer; for continued pre-training), or
+      of the pre-training :class:`~brainmvp_components.networks.resunet.ResUNet` (UNet: encoder and
+      reconstruction decoder, no templates; see :func:`load_official_unet_checkpoint`);
+    - ``templates/template_<modality>.nii.gz``: one NIfTI per distilled template, on the atlas grid (when the
+      file holds ``rep_template``).
 
     Returns:
         ``{"encoder": path, "model": path, "template_<modality>": path, ...}``.
     """
-    model = load_official_checkpoint(path, map_location=map_location, head_dim=head_dim)
+    source = str(path)
+    state = read_state_dict(path, map_location)
     out = Path(out_dir)
+    if official_checkpoint_variant(state) == "unet":
+        network, templates = _official_unet_from_state(state, source)
+        out.mkdir(parents=True, exist_ok=True)
+        written = {
+            "encoder": atomic_torch_save(network.encoder.state_dict(), out / "encoder.pt"),
+            "model": atomic_torch_save(network.state_dict(), out / "model.pt"),
+        }
+        if templates is not None:
+            paths = templates.export_nifti(out / "templates")
+            written.update({f"template_{m}": Path(p) for m, p in zip(templates.modalities, paths)})
+        logger.info("converted %s (UNet variant) into %s", path, out)
+        return written
+    model = _official_model_from_state(state, source, head_dim)
     out.mkdir(parents=True, exist_ok=True)
     written = {
         "encoder": atomic_torch_save(model.encoder.state_dict(), out / "encoder.pt"),
@@ -291,7 +472,13 @@ def convert_official_checkpoint(
 
 
 def _split_source(state: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], str]:
-    """Encoder weights (UniFormer3D key names), the other weights (as named in the file) and the format name."""
+    """Encoder weights (the encoder's key names), the other weights (network key names where known, else as named
+    in the file) and the format name."""
+    if all(k in state for k in _UNET_MARKERS):
+        mapped, other = official_unet_to_network_state_dict(state)
+        encoder = {k[len("encoder.") :]: v for k, v in mapped.items() if k.startswith("encoder.")}
+        rest = {**{k: v for k, v in mapped.items() if not k.startswith("encoder.")}, **other}
+        return encoder, rest, "official UNet pre-training checkpoint"
     for prefix, file_format in (
         (OFFICIAL_ENCODER_PREFIX, "official pre-training checkpoint"),
         ("encoder.", "network state dict with an encoder"),
@@ -312,18 +499,21 @@ def load_pretrained_encoder(
 ) -> dict[str, list[str]]:
     """Load pre-trained encoder weights into ``network.encoder`` (or into ``network`` if it has no ``encoder``).
 
-    Accepted files: an ``encoder.pt`` (plain :class:`UniFormer3D` state dict), a pre-training ``model.pt``,
-    the authors' pre-training checkpoint, or any state dict with ``encoder.*`` keys (the authors' fine-tuned
-    UniUNet, a UniUNet or classifier of this project).
+    Accepted files: an ``encoder.pt`` (plain :class:`UniFormer3D` or :class:`ResUNetEncoder` state dict), a
+    pre-training ``model.pt``, the authors' pre-training checkpoints (UniFormer or UNet variant), or any state
+    dict with ``encoder.*`` keys (the authors' fine-tuned UniUNet, a UniUNet, ResUNet or classifier of this
+    project).
 
-    The input stem adapts to the channel count: when ``patch_embed1.proj.weight`` differs in shape (a
-    single-channel pre-trained stem, a four-modality network), ``patch_embed1.proj.*`` is left as initialised
-    in ``network`` (as the authors do) unless ``strict_stem``. Any other shape mismatch is an error.
+    The input stem adapts to the channel count: when ``patch_embed1.proj.weight`` (UniFormer) or
+    ``conv1a.weight`` (ResUNet) differs in shape (a single-channel pre-trained stem, a four-modality network),
+    that stem is left as initialised in ``network`` (as the authors do) unless ``strict_stem``. Any other shape
+    mismatch is an error.
 
     With ``include_decoder=True``, the file's non-encoder weights whose names exist in ``network`` are loaded
-    too, as the authors' fine-tuning does (the pre-trained ``decoderN.transp_conv`` weights fit UniUNet);
-    there ``decoder.proj1.proj.*`` is the stem of the skip path and the output heads (``decoder.out.*``,
-    ``ms_out.*``) may differ in class count: on a shape mismatch they are left as initialised.
+    too, as the authors' fine-tuning does (the pre-trained ``decoderN.transp_conv`` weights fit UniUNet, the
+    UNet variant's ``decoder.*`` fit ResUNet); there ``decoder.proj1.proj.*`` is the stem of the skip path and
+    the output heads (``decoder.out.*``, ``decoder.up1conv.*``, ``ms_out.*``) may differ in class count: on a
+    shape mismatch they are left as initialised.
 
     Args:
         network: a network with an ``encoder`` attribute (UniUNet, classifier, pre-training model) or an encoder.
@@ -354,7 +544,7 @@ def load_pretrained_encoder(
         scope = list(expected)
 
     reinit_groups = []
-    for group in (prefix + _ENCODER_STEM, _DECODER_STEM):
+    for group in (*(prefix + stem for stem in _ENCODER_STEMS), _DECODER_STEM):
         weight = group + "weight"
         if weight in candidates and weight in expected and candidates[weight].shape != expected[weight].shape:
             if strict_stem:
@@ -424,40 +614,44 @@ def official_state_dict_shapes(preset: str = "small") -> dict[str, tuple[int, ..
 
 
 def check_official_structure(state: Mapping[str, torch.Tensor], source: str = "checkpoint") -> None:
-    """Check the keys and shapes of the authors' UniFormer checkpoint, since no hash of it is published.
+    """Check the keys and shapes of the authors' checkpoint (either variant), since no hash of it is published.
 
-    Every key of :func:`official_state_dict_shapes` must be present with its shape; the only other keys allowed
-    are the unused ones (:data:`OFFICIAL_UNUSED_KEYS`) and ``rep_template``, ``(M, H, W, D)`` with ``M`` at
-    most 8 templates.
+    The variant is told by the keys (:func:`official_checkpoint_variant`). UniFormer: every key of
+    :func:`official_state_dict_shapes` must be present with its shape, the only other keys allowed being the unused
+    ones (:data:`OFFICIAL_UNUSED_KEYS`) and ``rep_template``. UNet: every key of
+    :func:`official_unet_state_dict_shapes` with its shape, and nothing else but ``rep_template``. ``rep_template``
+    is ``(M, H, W, D)`` with ``M`` at most 8 templates (required in the UniFormer file, optional in the UNet one).
 
     Raises:
-        CheckpointFormatError: naming the file and every missing, unexpected or mis-shaped key.
+        CheckpointFormatError: naming the file, the variant, the first mismatching key and every missing,
+            unexpected or mis-shaped key.
     """
-    expected = official_state_dict_shapes()
-    missing = sorted(k for k in expected if k not in state)
-    mismatched = [
-        f"{k}: {tuple(state[k].shape)} instead of {expected[k]}"
-        for k in expected
-        if k in state and tuple(state[k].shape) != expected[k]
-    ]
-    unexpected = sorted(
-        k for k in state if k not in expected and k != OFFICIAL_TEMPLATE_KEY and not OFFICIAL_UNUSED_KEYS.match(k)
-    )
+    unet = official_checkpoint_variant(state) == "unet"
+    if unet:
+        expected = official_unet_state_dict_shapes()
+        problem = _structure_problems(expected, state, allowed=lambda k: k == OFFICIAL_TEMPLATE_KEY)
+    else:
+        expected = official_state_dict_shapes()
+        problem = _structure_problems(
+            expected, state, allowed=lambda k: k == OFFICIAL_TEMPLATE_KEY or bool(OFFICIAL_UNUSED_KEYS.match(k))
+        )
     template = state.get(OFFICIAL_TEMPLATE_KEY)
-    if template is None or template.ndim != 4 or not 1 <= template.shape[0] <= OFFICIAL_TEMPLATE_ROWS:
+    if (template is not None or not unet) and (
+        template is None or template.ndim != 4 or not 1 <= template.shape[0] <= OFFICIAL_TEMPLATE_ROWS
+    ):
         shape = None if template is None else tuple(template.shape)
-        mismatched.append(f"{OFFICIAL_TEMPLATE_KEY}: {shape} instead of (M <= {OFFICIAL_TEMPLATE_ROWS}, H, W, D)")
-    if missing or mismatched or unexpected:
+        wrong = f"{OFFICIAL_TEMPLATE_KEY}: {shape} instead of (M <= {OFFICIAL_TEMPLATE_ROWS}, H, W, D)"
+        problem = f"{problem}; {wrong}" if problem else f"first mismatching key {OFFICIAL_TEMPLATE_KEY!r}; {wrong}"
+    if problem:
         raise CheckpointFormatError(
-            f"{source}: not the authors' BrainMVP UniFormer checkpoint (no hash is published, so its structure is "
-            f"checked): missing keys {missing[:10]}{' ...' if len(missing) > 10 else ''}; wrong shapes {mismatched}; "
-            f"unexpected keys {unexpected[:10]}{' ...' if len(unexpected) > 10 else ''}. A partial download "
-            "leaves an unreadable or incomplete file: delete it and download it again."
+            f"{source}: not the authors' BrainMVP {'UNet' if unet else 'UniFormer'} checkpoint (no hash is "
+            f"published, so its structure is checked): {problem}. A partial download leaves an unreadable or "
+            "incomplete file: delete it and download it again."
         )
 
 
 def prepare_official_checkpoint(path: str | os.PathLike, out_dir: str | os.PathLike | None = None) -> Path:
-    """Convert the authors' checkpoint on first use; later calls return the conversion.
+    """Convert the authors' checkpoint (UniFormer or UNet variant) on first use; later calls return the conversion.
 
     The structure is checked (:func:`check_official_structure`), then :func:`convert_official_checkpoint` writes
     ``encoder.pt``, ``model.pt`` and ``templates/`` into ``out_dir`` (default: ``<path without .pt>_converted``
@@ -502,7 +696,7 @@ def find_pretrained_encoder(*candidates: str | os.PathLike | None) -> str | None
             continue
         path = Path(candidate)
         keys = read_state_dict(path).keys()
-        if OFFICIAL_TEMPLATE_KEY in keys:
+        if OFFICIAL_TEMPLATE_KEY in keys or all(k in keys for k in _UNET_MARKERS):
             return str(prepare_official_checkpoint(path) / "encoder.pt")
         return str(path)
     named = [c for c in candidates if c is not None]

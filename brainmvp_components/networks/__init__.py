@@ -1,4 +1,4 @@
-"""BrainMVP networks: the UniFormer encoder, the pre-training model and the segmentation network."""
+"""BrainMVP networks: the UniFormer encoder, the pre-training model, the segmentation network and the UNet variant."""
 
 from brainmvp_components.networks.backbones import SwinEncoder
 from brainmvp_components.networks.pretrain import (
@@ -6,6 +6,13 @@ from brainmvp_components.networks.pretrain import (
     PretrainDecoder,
     UpsampleStage,
     brainmvp_pretrain_model,
+)
+from brainmvp_components.networks.resunet import (
+    ResidualBlock3D,
+    ResUNet,
+    ResUNetDecoder,
+    ResUNetEncoder,
+    brainmvp_resunet,
 )
 from brainmvp_components.networks.uniformer import (
     UNIFORMER_PRESETS,
@@ -30,4 +37,9 @@ __all__ = [
     "UniUNetDecoder",
     "brainmvp_uniunet",
     "SwinEncoder",
+    "ResidualBlock3D",
+    "ResUNetEncoder",
+    "ResUNetDecoder",
+    "ResUNet",
+    "brainmvp_resunet",
 ]
