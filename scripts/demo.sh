@@ -82,7 +82,7 @@ stage segmentation "3/5 segmentation: fine-tune from the pre-trained encoder, se
 # modalities at inference. Booleans are written False/True: the command line parses them as Python literals,
 # and "false" would be a (true) string.
 SEG_CONFIGS="['$SEG/configs/train.json','$SEG/configs/quick.json']"
-SEG_EPOCHS="${DEMO_SEG_EPOCHS:-40}"
+SEG_EPOCHS="${DEMO_SEG_EPOCHS:-60}"
 run_bundle "$SEG" "$SEG_CONFIGS" --bundle_root "$RUNS/seg" --dataset_dir "$DATA/brats" \
   --pretrained_encoder "$RUNS/pretrain/models/encoder.pt" --templates_dir "$RUNS/pretrain/models/templates" \
   --max_epochs "$SEG_EPOCHS" --epoch_length 10 --val_interval "$(( SEG_EPOCHS > 2 ? SEG_EPOCHS / 2 : 1 ))" \
@@ -100,7 +100,7 @@ echo "predictions, overlays and reference comparisons: $RUNS/seg/demo/"
 stage classification "4/5 classification: fine-tune the pre-trained encoder (AD vs CN), evaluate on the test split"
 CLS_CONFIGS="['$CLS/configs/train.json','$CLS/configs/quick.json']"
 CLS_ARGS=(--bundle_root "$RUNS/cls" --dataset_dir "$DATA/adni" --roi_size "[48,48,48]")
-CLS_EPOCHS="${DEMO_CLS_EPOCHS:-30}"
+CLS_EPOCHS="${DEMO_CLS_EPOCHS:-45}"
 run_bundle "$CLS" "$CLS_CONFIGS" "${CLS_ARGS[@]}" --pretrained_encoder "$RUNS/pretrain/models/encoder.pt" \
   --templates_dir "$RUNS/pretrain/models/templates" --max_epochs "$CLS_EPOCHS" --epoch_length 12 \
   --val_interval "$(( CLS_EPOCHS > 5 ? CLS_EPOCHS / 5 : 1 ))" --learning_rate 0.001 --block_fill_ratio "[0.0,0.2]" \
