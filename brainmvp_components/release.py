@@ -145,7 +145,8 @@ def bake_settings(config_path: str | os.PathLike, settings: Mapping[str, Any]) -
     """Write ``settings`` into the config file ``config_path`` where it defines their roots; returns the ids set.
 
     A setting whose root id (``network_def`` of ``network_def::encoder::_target_``) the file does not define is
-    left out, so partial configs (``evaluate.json``) keep inheriting from ``train.json``.
+    left out, so partial configs (``evaluate.json``) keep inheriting from ``train.json``; so is one whose parent
+    the file lacks (a file that defines another network, such as ``unet.json``).
     """
     path = Path(config_path)
     parser = ConfigParser(ConfigParser.load_config_file(str(path)))
@@ -156,7 +157,10 @@ def bake_settings(config_path: str | os.PathLike, settings: Mapping[str, Any]) -
             continue
         parent = key.rsplit(ID_SEP_KEY, 1)[0] if ID_SEP_KEY in key else None
         if parent is not None and parent not in parser:
-            raise ValueError(f"{path}: cannot set {key}: the file defines {root} but not {parent}")
+            # the file replaces the whole definition (an alternative network such as unet.json): the trained
+            # run's settings describe another network and do not apply to it
+            logger.warning(f"{path}: left as is for {key}: the file defines {root} differently")
+            continue
         parser[key] = value
         written.append(key)
     if written:
