@@ -106,5 +106,5 @@ def test_pretrain_model_forward_shapes():
 
 
 def test_pretrain_decoder_rejects_wrong_channels():
-    with pytest.raises(ValueError, match=r"\(1, 64, 2, 2, 2\)"):
+    with pytest.raises(ValueError, match=r"\[1, 64, 2, 2, 2\]"):
         PretrainDecoder((16, 32, 64, 128))(torch.rand(1, 64, 2, 2, 2))
