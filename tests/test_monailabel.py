@@ -187,10 +187,11 @@ def test_last_epoch_is_validated():
         assert validated == expected, (max_epochs, interval)
 
 
-def test_seg_configs_have_no_index_references():
-    configs = REPO_ROOT / "bundles" / "brainmvp_brats_seg" / "configs"
-    for name in ("train.json", "inference.json", "evaluate.json"):
-        assert "handlers#" not in (configs / name).read_text(), name
+def test_fine_tuning_configs_have_no_index_references():
+    for bundle in ("brainmvp_brats_seg", "brainmvp_adni_cls"):
+        configs = REPO_ROOT / "bundles" / bundle / "configs"
+        for name in ("train.json", "inference.json", "evaluate.json"):
+            assert "handlers#" not in (configs / name).read_text(), f"{bundle}/{name}"
 
 
 @pytest.mark.slow
