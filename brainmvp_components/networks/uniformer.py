@@ -22,6 +22,8 @@ import torch.utils.checkpoint
 from monai.networks.layers import DropPath
 from torch import nn
 
+from brainmvp_components.networks.depthwise import DepthwiseConv3d
+
 __all__ = [
     "UNIFORMER_PRESETS",
     "PatchEmbed3D",
@@ -141,11 +143,11 @@ class ConvBlock3D(CheckpointedBlock):
 
     def __init__(self, dim: int, mlp_ratio: float = 4.0, drop_path: float = 0.0) -> None:
         super().__init__()
-        self.pos_embed = nn.Conv3d(dim, dim, kernel_size=3, padding=1, groups=dim)
+        self.pos_embed = DepthwiseConv3d(dim, kernel_size=3)
         self.norm1 = nn.BatchNorm3d(dim)
         self.conv1 = nn.Conv3d(dim, dim, kernel_size=1)
         self.conv2 = nn.Conv3d(dim, dim, kernel_size=1)
-        self.attn = nn.Conv3d(dim, dim, kernel_size=5, padding=2, groups=dim)
+        self.attn = DepthwiseConv3d(dim, kernel_size=5)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = nn.BatchNorm3d(dim)
         self.mlp = ConvMlp3D(dim, int(dim * mlp_ratio))
@@ -198,7 +200,7 @@ class SelfAttentionBlock3D(CheckpointedBlock):
         self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = True, drop_path: float = 0.0
     ) -> None:
         super().__init__()
-        self.pos_embed = nn.Conv3d(dim, dim, kernel_size=3, padding=1, groups=dim)
+        self.pos_embed = DepthwiseConv3d(dim, kernel_size=3)
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
         self.attn = MultiHeadSelfAttention(dim, num_heads, qkv_bias=qkv_bias)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
