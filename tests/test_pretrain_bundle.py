@@ -6,9 +6,12 @@ Every run writes under ``tmp_path`` (``--bundle_root``); the data is the session
 from __future__ import annotations
 
 import json
+import math
 import signal
+import socket
 import subprocess
 import time
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -113,18 +116,55 @@ def test_killed_run_resumes_after_last_checkpoint(
     assert (root / "models" / "encoder.pt").is_file()
 
 
-def test_torchrun_two_processes_gloo(tmp_path, pretrain_cohort, repo_root, python_executable, subprocess_env):
-    root = tmp_path / "bundle"
-    launcher = [python_executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+def test_torchrun_two_nodes_c10d_rendezvous_gloo(
+    tmp_path, pretrain_cohort, repo_root, python_executable, subprocess_env
+):
+    """Two torchrun agents ("nodes", one process each) meet through c10d rendezvous and share one bundle_root."""
+    with socket.socket() as s:  # a free port for the rendezvous store (the first agent to bind hosts it)
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    launcher = [
+        python_executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
+        "--rdzv_backend", "c10d", "--rdzv_endpoint", f"127.0.0.1:{port}", "--rdzv_id", uuid.uuid4().hex,
+        "--rdzv_conf", "join_timeout=120", "--max_restarts", "0", "--local_addr", "127.0.0.1",
+    ]  # fmt: skip
+    root = tmp_path / "bundle"  # the same folder for both nodes: a shared file system
     configs = [*CONFIGS, "multi_gpu_train.json"]
     command = _command(
         python_executable, repo_root, root, pretrain_cohort, "--epochs", "1", configs=configs, launcher=launcher
     )
-    log = _run(command, subprocess_env, tmp_path, tmp_path / "torchrun.log")
+    logs = [tmp_path / f"node{i}.log" for i in range(2)]
+    processes = []
+    try:
+        for log in logs:
+            with open(log, "w") as out:
+                processes.append(
+                    subprocess.Popen(command, env=subprocess_env, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT)
+                )
+        deadline = time.monotonic() + 300
+        codes = [process.wait(timeout=max(1.0, deadline - time.monotonic())) for process in processes]
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait(timeout=60)
+    texts = [log.read_text() for log in logs]
+    assert codes == [0, 0], "\n\n".join(text[-4000:] for text in texts)
     assert (root / "models" / "encoder.pt").is_file()
-    assert (root / "models" / "checkpoints" / "checkpoint_epoch=1.pt").is_file()
-    assert log.count("exported 8 modality templates") == 1  # rank 0 only
-    assert log.count("Epoch[1] Metrics") == 1
+    assert list((root / "models" / "checkpoints").glob("checkpoint_epoch=*.pt")) == [
+        root / "models" / "checkpoints" / "checkpoint_epoch=1.pt"
+    ]
+    text = "".join(texts)
+    assert text.count("exported 8 modality templates") == 1  # rank 0 only, on one of the two nodes
+    assert text.count("Epoch[1] Metrics") == 1
+    # world size 2: the DistributedSampler gives each rank half the (padded) cases, so half the iterations
+    cases = len(json.loads((pretrain_cohort / "datalist.json").read_text())["training"])
+    batch_size = json.loads((repo_root / "bundles" / "brainmvp_pretrain" / "configs" / "quick.json").read_text())[
+        "batch_size"
+    ]
+    state = torch.load(root / "models" / "checkpoints" / "checkpoint_epoch=1.pt", weights_only=True)
+    assert state["trainer"]["epoch_length"] == math.ceil(math.ceil(cases / 2) / batch_size)
+    assert math.ceil(math.ceil(cases / 2) / batch_size) < math.ceil(cases / batch_size)  # world size 1 would differ
 
 
 def test_evaluate_reports_reconstruction_ratio_and_template_fidelity(
