@@ -9,11 +9,13 @@ Two parts, each printed as a table:
 2. ``step``: one full pre-training step (two masked views per single-modality target through the network, the
    two MSE reconstruction terms, InfoNCE, backward, AdamW step) per precision, for two variants side by side:
    ``baseline`` (what a straightforward research implementation does: per-block Python-loop masking, the two views
-   as two separate forward passes, the default AdamW, no checkpointing) and ``ours`` (the engine's
-   :func:`~brainmvp_components.engines.pretrain.compute_pretrain_losses`: vectorised masking, both views in one
-   forward, fused AdamW, optional checkpointing). Reported: wall time, peak memory, the ratios, and achieved
-   FLOP/s against this machine's measured matmul peak. FLOPs are the network's forward counted on meta tensors
-   (cross-checked by a per-module hand count) times 3 for forward + backward. Each variant runs in a fresh
+   as two separate forward passes, PyTorch's stock depthwise convolution backward, the default AdamW, no
+   checkpointing) and ``ours`` (the engine's :func:`~brainmvp_components.engines.pretrain.compute_pretrain_losses`:
+   vectorised masking, both views in one forward, the flipped-kernel depthwise input gradient of
+   :mod:`brainmvp_components.networks.depthwise`, fused AdamW, optional checkpointing). Reported: wall time,
+   peak memory, the ratios, and achieved FLOP/s against this machine's measured matmul peak. FLOPs are the
+   network's forward counted on meta tensors (cross-checked by a per-module hand count) times 3 for forward +
+   backward. Each variant runs in a fresh
    subprocess so its peak resident memory (``ru_maxrss``) is its own; on CUDA ``torch.cuda.max_memory_allocated``
    is used.
 
@@ -285,6 +287,7 @@ def run_step(cfg: dict) -> dict:
     from brainmvp_components.atlas import BRATS_ATLAS_AFFINE, BRATS_ATLAS_SHAPE
     from brainmvp_components.engines.pretrain import compute_pretrain_losses
     from brainmvp_components.losses.contrastive import InfoNCELoss
+    from brainmvp_components.networks.depthwise import DepthwiseConv3d
     from brainmvp_components.networks.pretrain import brainmvp_pretrain_model
 
     if cfg["threads"]:
@@ -295,6 +298,10 @@ def run_step(cfg: dict) -> dict:
     ours = cfg["variant"] == "ours"
     torch.manual_seed(0)
     model = brainmvp_pretrain_model(cfg["preset"], use_checkpoint=cfg["use_checkpoint"]).to(device).train()
+    if not ours:  # the straightforward step also uses PyTorch's stock depthwise convolution backward
+        for module in model.modules():
+            if isinstance(module, DepthwiseConv3d):
+                module.__class__ = torch.nn.Conv3d
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=1e-5, fused=True if ours else None)
     contrastive = InfoNCELoss(temperature=1.0)
 
