@@ -19,6 +19,21 @@ Two parts, each printed as a table:
    subprocess so its peak resident memory (``ru_maxrss``) is its own; on CUDA ``torch.cuda.max_memory_allocated``
    is used.
 
+With ``--authors-repo PATH`` (a checkout of the authors' repository, shaohao011/BrainMVP; never vendored here) the
+step part also runs variant ``authors``: their own pre-training step imported from ``PATH`` in its subprocess only
+(their model, view building, losses and AdamW; see :func:`run_authors_step`), timed and measured the same way, and
+the ratios ours / authors are printed. Their step takes ``--authors-batch`` cases (default 2, as their
+``main.py``), picks one random modality for all of them and makes 2 views per case (template-filled and
+partner-filled), so it runs ``2 x authors-batch`` views of ``1 x 96^3`` in fp32 (their step has no autocast); ours
+runs ``2 x batch x modalities`` views, so the matched workload is ours at ``--batch 1 --modalities 2`` against
+theirs at ``--authors-batch 2`` (4 views each, UniFormer-S, 96^3)::
+
+    python scripts/benchmark_pretrain.py --part step --preset small --roi 96 --batch 1 --modalities 2 \\
+        --precision fp32 --steps 0 --authors-repo /path/to/BrainMVP
+
+Their code needs ``timm`` (and ``monai``), which this project does not install; without it the authors' row says
+which package to install. Without ``--authors-repo`` only ``baseline`` and ``ours`` run.
+
 Examples::
 
     python scripts/benchmark_pretrain.py --part masking
@@ -37,11 +52,13 @@ import argparse
 import json
 import math
 import os
+import random
 import resource
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -327,6 +344,26 @@ def run_step(cfg: dict) -> dict:
             )
         return baseline_losses(model, images, modality_index, partner, affine, rng=rng, **common)
 
+    def loss_fn() -> torch.Tensor:
+        with autocast:
+            return losses()["loss"]
+
+    result = time_steps(loss_fn, optimizer, device, cfg["steps"])
+    result["parameters_m"] = sum(p.numel() for n, p in model.named_parameters() if not n.startswith("templates")) / 1e6
+    return result
+
+
+def time_steps(
+    loss_fn: Callable[[], torch.Tensor], optimizer: torch.optim.Optimizer, device: torch.device, steps: int
+) -> dict:
+    """Time training steps of ``loss_fn`` (forward + losses, returning the loss) the same way for every variant.
+
+    One warm-up step, then ``steps`` timed ones (``0``: the first step itself), each ``optimizer.zero_grad()``,
+    ``loss_fn()``, ``loss.backward()``, ``optimizer.step()`` with a device synchronisation after each phase; the
+    fastest is reported with the peak memory (process max RSS on CPU, ``torch.cuda.max_memory_allocated`` on CUDA)
+    and its growth over the state before the first step.
+    """
+
     def sync():
         if device.type == "cuda":
             torch.cuda.synchronize()
@@ -335,8 +372,7 @@ def run_step(cfg: dict) -> dict:
         """One training step: ``(loss, [forward + losses, backward, optimizer] seconds)``."""
         marks = [time.perf_counter()]
         optimizer.zero_grad(set_to_none=True)
-        with autocast:
-            loss = losses()["loss"]
+        loss = loss_fn()
         sync()
         marks.append(time.perf_counter())
         loss.backward()
@@ -352,7 +388,7 @@ def run_step(cfg: dict) -> dict:
         torch.cuda.reset_peak_memory_stats()
         baseline = torch.cuda.memory_allocated()
     first = step()
-    timed = [step() for _ in range(cfg["steps"])] or [first]  # --steps 0: time the first step itself
+    timed = [step() for _ in range(steps)] or [first]  # --steps 0: time the first step itself
     loss, phases = min(timed, key=lambda t: sum(t[1]))
     peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else _max_rss_bytes()
     return {
@@ -363,41 +399,171 @@ def run_step(cfg: dict) -> dict:
         "peak_gib": peak / GIB,
         "delta_gib": (peak - baseline) / GIB,
         "loss": loss,
-        "parameters_m": sum(p.numel() for n, p in model.named_parameters() if not n.startswith("templates")) / 1e6,
     }
 
 
+# ---------------------------------------------------------------------------------------------- authors' step
+AUTHORS_ROI = 96  # their utils/ops.py crops 96^3 template patches (hard-coded), so their step runs at 96^3 only
+AUTHORS_MODALITIES = ("t1", "t1c", "t2", "flair")  # the four modalities of a BraTS case in their data
+
+
+def authors_missing_package(repo: str, module: str) -> str:
+    """One line naming the package that provides ``module`` (imported by the authors' code, absent here), with
+    the version pinned in their ``requirements.txt`` when it pins one."""
+    package = {"distutils": "setuptools"}.get(module.split(".")[0], module.split(".")[0])
+    pin = package
+    requirements = os.path.join(repo, "requirements.txt")
+    if os.path.isfile(requirements):
+        with open(requirements) as f:
+            pins = [line.strip() for line in f if line.lower().startswith(f"{package.lower()}==")]
+        pin = f"{pins[0]} (pinned in their requirements.txt)" if pins else package
+    return f"the authors' code needs the package {package!r}, which is not installed: pip install {pin}"
+
+
+def run_authors_step(cfg: dict) -> dict:
+    """The authors' pre-training step, run from their own code (inside a fresh subprocess).
+
+    ``cfg["authors_repo"]`` (a checkout of their repository) goes to the front of ``sys.path`` in this process
+    only. The model is their ``models.Uniformer.RecModel(args, dim=512)``: UniFormer-S encoder, skip-free decoder
+    and ``rep_template`` (8 x 240 x 240 x 155, zero-initialised), with the arguments of their ``do_pretrain.sh``
+    (8 templates, mask rate 0.8, 8^3 blocks, lr 3e-4, contrastive loss from epoch 1000) and their ``main.py``
+    defaults (1 input channel, 96^3, weight decay 1e-5, 2 accumulation steps, fp32: ``--noamp`` is inverted there,
+    so AMP is off and their loop never uses its ``GradScaler``). Its ``forward`` is their step: both views built by
+    their ``utils.ops.aug_rand_with_learnable_rep`` (one random modality per step; per case a template-filled and a
+    partner-filled view, a per-block ``torch.randperm`` mask each), one encoder pass over the ``2 x batch`` views,
+    their decoder, ``10 x MSE + MSE + Contrast_Loss`` (InfoNCE, temperature 1).
+
+    The glue is their ``main.py`` ``train_epoch``, which cannot be imported (it does not compile at their HEAD
+    a466bb2: an inconsistent indent at ``if scheduler:``): random data of their batch's shape (``batch x 4
+    modalities x 96^3``, series names, template start points inside the template grid), ``random.randint`` for the
+    modality, ``cur_epoch = 1000`` (partner fill and contrastive loss both on, as in the paper's second phase),
+    ``loss / accumulation_steps``, their ``AdamW(lr, weight_decay)``, one optimizer step per step. Single process:
+    their 4-GPU DDP wrapper (SyncBatchNorm, ``find_unused_parameters``) is left out. ``cudnn.benchmark`` is on
+    as their ``set_seed`` sets it; autograd anomaly detection, which their ``main`` switches on, only with
+    ``cfg["detect_anomaly"]`` (a debugging aid that slows their step).
+    """
+    repo = os.path.abspath(cfg["authors_repo"])
+    sys.path.insert(0, repo)
+    try:
+        from models.Uniformer import RecModel
+    except ModuleNotFoundError as error:
+        return {"error": authors_missing_package(repo, error.name or str(error))}
+
+    if cfg["threads"]:
+        torch.set_num_threads(cfg["threads"])
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cpu":
+        _rss_watchdog(cfg["rss_limit_gb"])
+    torch.backends.cudnn.benchmark = True
+    torch.autograd.set_detect_anomaly(cfg["detect_anomaly"])
+    random.seed(0)
+    torch.manual_seed(0)
+    args = argparse.Namespace(
+        device=str(device),
+        in_channels=1,
+        roi_x=AUTHORS_ROI,
+        roi_y=AUTHORS_ROI,
+        roi_z=AUTHORS_ROI,
+        initial_checkpoint="",
+        template_index=["flair", "t1", "t1c", "t2", "mra", "pd", "dwi", "adc"],
+        dst_h=240,
+        dst_w=240,
+        dst_d=155,
+        mask_rate=0.8,
+        mask_block_size=8,
+        start_epoch=1000,
+        accumulation_steps=2,
+        lr=3e-4,
+        decay=1e-5,
+    )
+    model = RecModel(args, dim=512).to(args.device).train()
+    optimizer = torch.optim.AdamW(params=model.parameters(), lr=args.lr, weight_decay=args.decay)
+
+    batch = cfg["batch"]
+    generator = torch.Generator().manual_seed(0)
+    x = torch.rand(batch, len(AUTHORS_MODALITIES), *(AUTHORS_ROI,) * 3, generator=generator).to(args.device)
+    series_name = [",".join(AUTHORS_MODALITIES)] * batch  # what their loader collates: one string per case
+    rearranged_series = [",".join(name.split(",")[i] for name in series_name) for i in range(len(AUTHORS_MODALITIES))]
+    room = torch.tensor([args.dst_h, args.dst_w, args.dst_d]) - AUTHORS_ROI + 1
+    rep_start_point = (torch.rand(batch, 3, generator=generator) * room).floor()
+
+    def loss_fn() -> torch.Tensor:
+        cur_modal = random.randint(0, x.shape[1] - 1)
+        loss, *_ = model(
+            x,
+            args=args,
+            index=cur_modal,
+            rep_start_point=rep_start_point,
+            rearranged_series=rearranged_series,
+            cur_epoch=args.start_epoch,
+            series_name=series_name,
+        )
+        return loss / args.accumulation_steps
+
+    result = time_steps(loss_fn, optimizer, device, cfg["steps"])
+    # their decoder also holds weights its pre-training forward never uses (conv_block, proj1): count the trained ones
+    trained = [p for n, p in model.named_parameters() if n != "rep_template" and p.grad is not None]
+    result["parameters_m"] = sum(p.numel() for p in trained) / 1e6
+    return result
+
+
 def benchmark_steps(args: argparse.Namespace) -> list[dict]:
-    results = []
-    for precision in args.precision:
-        for variant in args.variants:
-            cfg = {
-                "variant": variant,
-                "preset": args.preset,
-                "roi": args.roi,
-                "batch": args.batch,
-                "modalities": args.modalities,
-                "precision": precision,
-                "use_checkpoint": args.use_checkpoint and variant == "ours",
-                "steps": args.steps,
-                "threads": args.threads,
-                "rss_limit_gb": args.rss_limit_gb,
+    """Run every configuration in its own subprocess; the authors' step (fp32 only) last, after ours."""
+    common = {"steps": args.steps, "threads": args.threads, "rss_limit_gb": args.rss_limit_gb}
+    configs = [
+        {
+            "variant": variant,
+            "preset": args.preset,
+            "roi": args.roi,
+            "batch": args.batch,
+            "modalities": args.modalities,
+            "precision": precision,
+            "use_checkpoint": args.use_checkpoint and variant == "ours",
+            **common,
+        }
+        for precision in args.precision
+        for variant in args.variants
+    ]
+    if args.authors_repo:
+        configs.append(
+            {
+                "variant": "authors",
+                "authors_repo": os.path.abspath(args.authors_repo),
+                "preset": "small",
+                "roi": AUTHORS_ROI,
+                "batch": args.authors_batch,
+                "modalities": 1,
+                "precision": "fp32",
+                "use_checkpoint": False,
+                "detect_anomaly": args.authors_detect_anomaly,
+                **common,
             }
-            print(f"running step benchmark: {json.dumps(cfg)}", flush=True)
-            proc = subprocess.run(
-                [sys.executable, os.path.abspath(__file__), "--step-child", json.dumps(cfg)],
-                stdout=subprocess.PIPE,
-                text=True,
-            )
-            lines = [line for line in proc.stdout.splitlines() if line.startswith(RESULT_TAG)]
-            if not lines:
-                results.append({**cfg, "error": f"subprocess exited with {proc.returncode} without a result"})
-                continue
-            results.append({**cfg, **json.loads(lines[-1][len(RESULT_TAG) :])})
+        )
+    results = []
+    for cfg in configs:
+        print(f"running step benchmark: {json.dumps(cfg)}", flush=True)
+        proc = subprocess.run(
+            [sys.executable, os.path.abspath(__file__), "--step-child", json.dumps(cfg)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        lines = [line for line in proc.stdout.splitlines() if line.startswith(RESULT_TAG)]
+        if not lines:
+            results.append({**cfg, "error": f"subprocess exited with {proc.returncode} without a result"})
+            continue
+        results.append({**cfg, **json.loads(lines[-1][len(RESULT_TAG) :])})
     return results
 
 
-def print_steps(args: argparse.Namespace, results: list[dict], peaks: dict[str, float], flops: dict) -> None:
+def print_steps(
+    args: argparse.Namespace,
+    results: list[dict],
+    peaks: dict[str, float],
+    flops: dict,
+    authors_flops: dict | None = None,
+) -> None:
+    """The step table and the ratios; ``authors_flops``: the forward count of UniFormer-S at 96^3 (the authors'
+    network, whose layout ``brainmvp_pretrain_model("small")`` reproduces) for the authors' rows."""
     views = 2 * args.batch * args.modalities
     step_gflop = 3 * flops["counter"] * views
     print(
@@ -410,6 +576,17 @@ def print_steps(args: argparse.Namespace, results: list[dict], peaks: dict[str, 
         f"measured matmul peak that is at least {step_gflop / peaks['fp32']:.1f} s fp32, "
         f"{step_gflop / peaks['bf16']:.1f} s bf16\n"
     )
+    matched = args.preset == "small" and args.roi == AUTHORS_ROI and 2 * args.authors_batch == views
+    if args.authors_repo:
+        note = (
+            ""
+            if matched
+            else "; NOT the matched workload: ours needs --preset small, batch x modalities = authors' batch"
+        )
+        print(
+            f"authors' step (their code from {args.authors_repo}): UniFormer-S, {AUTHORS_ROI}^3, "
+            f"{args.authors_batch} cases x 1 random modality x 2 views = {2 * args.authors_batch} views, fp32{note}\n"
+        )
     print(
         "| variant | precision | checkpointing | AdamW | step (s) | forward / backward / optimizer (s) "
         "| peak memory (GiB) | over pre-step state (GiB) | GFLOP/s | % of matmul peak |"
@@ -423,7 +600,10 @@ def print_steps(args: argparse.Namespace, results: list[dict], peaks: dict[str, 
         if "error" in r:
             print(f"{head} {r['error']} | | | | | |")
             continue
-        achieved = step_gflop / r["step_s"]
+        if r["variant"] == "authors":
+            achieved = 3 * authors_flops["counter"] * 2 * r["batch"] / r["step_s"]
+        else:
+            achieved = step_gflop / r["step_s"]
         phases = " / ".join(f"{t:.2f}" for t in r["phases_s"])
         print(
             f"{head} {r['step_s']:.2f} | {phases} | {r['peak_gib']:.2f} | {r['delta_gib']:.2f} | {achieved:.1f} | "
@@ -438,12 +618,23 @@ def print_steps(args: argparse.Namespace, results: list[dict], peaks: dict[str, 
                 f"peak memory {base['peak_gib'] / ours['peak_gib']:.2f}x, "
                 f"growth over pre-step state {base['delta_gib'] / ours['delta_gib']:.2f}x"
             )
+    authors = done.get(("authors", "fp32"))
+    for precision in args.precision:
+        ours = done.get(("ours", precision))
+        if authors and ours:
+            ratio = {key: ours[key] / authors[key] for key in ("step_s", "peak_gib", "delta_gib")}
+            print(
+                f"\nours ({precision}) / authors (fp32), {'matched' if matched else 'NOT the matched'} workload: "
+                f"step time {ratio['step_s']:.2f}x, peak memory {ratio['peak_gib']:.2f}x, "
+                f"growth over pre-step state {ratio['delta_gib']:.2f}x (below 1: ours is less)"
+            )
     if done:
         first = next(iter(done.values()))
-        print(
-            f"\ndevice {first['device']}; memory = {first['memory_kind']}; "
-            f"network {first['parameters_m']:.1f} M parameters (+ templates)"
-        )
+        print(f"\ndevice {first['device']}; memory = {first['memory_kind']}")
+        for variant in ("baseline", "ours", "authors"):
+            r = next((r for r in done.values() if r["variant"] == variant), None)
+            if r:
+                print(f"{variant}: network {r['parameters_m']:.1f} M parameters (+ templates)")
 
 
 # ---------------------------------------------------------------------------------------------- main
@@ -480,17 +671,47 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="baseline: per-block loop masking, two forward passes, default AdamW, no checkpointing; "
         "ours: the engine's step, fused AdamW",
     )
+    group.add_argument(
+        "--authors-repo",
+        metavar="PATH",
+        help="a checkout of the authors' BrainMVP repository (shaohao011/BrainMVP): also run their own pre-training "
+        "step (variant 'authors', fp32, 96^3) imported from PATH, and print the ratios ours / authors",
+    )
+    group.add_argument(
+        "--authors-batch",
+        type=int,
+        default=2,
+        help="cases per authors' step, 2 views each (2 = 4 views = ours at --batch 1 --modalities 2)",
+    )
+    group.add_argument(
+        "--authors-detect-anomaly",
+        action="store_true",
+        help="autograd anomaly detection in the authors' step, as their main.py switches it on (off by default)",
+    )
     group.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     group.add_argument("--rss-limit-gb", type=float, default=14.0, help="abort a CPU configuration above this RSS")
     group.add_argument("--peak-size", type=int, default=4096, help="matmul side for the peak measurement")
     parser.add_argument("--step-child", help=argparse.SUPPRESS)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.authors_repo and not args.step_child:
+        if not os.path.isfile(os.path.join(args.authors_repo, "models", "Uniformer.py")):
+            parser.error(
+                f"--authors-repo {args.authors_repo}: not a checkout of the authors' BrainMVP repository "
+                "(no models/Uniformer.py there)"
+            )
+        if args.roi != AUTHORS_ROI:
+            parser.error(
+                f"--authors-repo needs --roi {AUTHORS_ROI}: the authors' step crops {AUTHORS_ROI}^3 (hard-coded)"
+            )
+    return args
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
     if args.step_child:
-        print(RESULT_TAG + json.dumps(run_step(json.loads(args.step_child))), flush=True)
+        cfg = json.loads(args.step_child)
+        result = run_authors_step(cfg) if cfg["variant"] == "authors" else run_step(cfg)
+        print(RESULT_TAG + json.dumps(result), flush=True)
         return
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -502,7 +723,8 @@ def main(argv=None) -> None:
         peaks = measure_matmul_peak(device, args.peak_size)
         print(f"\nmatmul peak ({args.peak_size}^2): fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s")
         flops = count_forward_gflop(args.preset, args.roi)
-        print_steps(args, benchmark_steps(args), peaks, flops)
+        authors_flops = count_forward_gflop("small", AUTHORS_ROI) if args.authors_repo else None
+        print_steps(args, benchmark_steps(args), peaks, flops, authors_flops)
 
 
 if __name__ == "__main__":
