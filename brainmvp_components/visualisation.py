@@ -392,9 +392,7 @@ def save_training_curves(
     losses = {n: v for n, v in series.items() if "loss" in n}
     distances = {n: v for n, v in series.items() if "loss" not in n and ("hd" in n or "distance" in n)}
     metrics = {n: v for n, v in series.items() if n not in losses and n not in distances}
-    groups = [
-        (g, label) for g, label in ((losses, "loss"), (metrics, "metric"), (distances, "distance (mm)")) if g
-    ]
+    groups = [(g, label) for g, label in ((losses, "loss"), (metrics, "metric"), (distances, "distance (mm)")) if g]
     fig = Figure(figsize=(5.5 * len(groups), 3.8))
     FigureCanvasAgg(fig)
     if title:
