@@ -6,8 +6,10 @@ first random transform) is kept:
 - ``"disk"``: a :class:`monai.data.PersistentDataset` under ``cache_dir``. Each case is pre-processed the
   first time it is drawn and written to disk, so the first epoch starts at once and trains while the cache
   fills, later epochs read the cached tensors, and resident memory stays flat however many cases there are.
-  The cache key covers the datalist entry, the size and modification time of every file it names, and the
-  transforms, so regenerated images or a changed pipeline are pre-processed again instead of read stale.
+  The cache key covers the datalist entry, the size and modification time of every file it names, the cached
+  transforms (classes, settings, dtypes, functions' code) and the MONAI and brainmvp versions, so regenerated
+  images or a changed pipeline are pre-processed again instead of read stale. Settings that cannot be
+  described (arbitrary objects) count by their class only: clear the folder after changing those.
 - ``"memory"``: a :class:`monai.data.CacheDataset` holding ``cache_rate`` of the cases in RAM, built before
   training starts. Fastest per epoch for a small cohort; memory grows linearly with its size.
 - ``"none"``: a plain :class:`monai.data.Dataset` that pre-processes every case on every draw.
@@ -19,12 +21,14 @@ import hashlib
 import json
 import logging
 import os
-import threading
+import time
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from copy import deepcopy
 from enum import Enum
 from pathlib import Path
 
+import monai
 import numpy as np
 import torch
 from monai.data import CacheDataset, Dataset, MetaTensor, PersistentDataset
@@ -56,15 +60,26 @@ def entry_and_files_hash(entry: Mapping) -> bytes:
 
 
 def _describe(value, depth: int = 0):
+    """A JSON-able description of a cached transform's setting; ``_OPAQUE`` where none can be made."""
     if isinstance(value, (bool, int, float, str)) or value is None:
         return value
+    if isinstance(value, (torch.dtype, np.dtype, type)):
+        return str(value)
     if isinstance(value, np.ndarray) and value.size <= 64:
         return value.tolist()
     if isinstance(value, (list, tuple)) and len(value) <= 64:
         return [_describe(item, depth) for item in value]
+    if isinstance(value, Mapping) and len(value) <= 64:
+        return {str(key): _describe(item, depth) for key, item in sorted(value.items(), key=lambda kv: str(kv[0]))}
     if isinstance(value, Transform) and depth < 3:
         settings = {key: _describe(item, depth + 1) for key, item in sorted(vars(value).items())}
         return [type(value).__name__, {key: item for key, item in settings.items() if item is not _OPAQUE}]
+    code = getattr(value, "__code__", None)
+    if code is not None:  # a function or lambda: its name and its compiled body, so an edited lambda differs
+        body = hashlib.md5(code.co_code + repr(code.co_consts).encode(), usedforsecurity=False).hexdigest()
+        return f"{getattr(value, '__module__', '')}.{getattr(value, '__qualname__', '')}:{body}"
+    if isinstance(value, Transform) or hasattr(value, "__dict__"):  # readers and other configured objects
+        return type(value).__qualname__
     return _OPAQUE
 
 
@@ -72,8 +87,11 @@ _OPAQUE = object()
 
 
 def transforms_hash(transforms: Sequence[Transform]) -> bytes:
-    """Hex digest of the cached transforms: their classes and their simple settings (sizes, modes, flags)."""
-    text = json.dumps([_describe(transform) for transform in transforms], default=lambda _: None)
+    """Hex digest of the cached transforms (their classes and settings) and of the MONAI and brainmvp versions."""
+    from brainmvp_components import __version__
+
+    described = [monai.__version__, __version__, [_describe(transform) for transform in transforms]]
+    text = json.dumps(described, default=lambda _: None)
     return hashlib.md5(text.encode("utf-8"), usedforsecurity=False).hexdigest().encode("utf-8")
 
 
@@ -116,13 +134,28 @@ class AtomicPersistentDataset(PersistentDataset):
             except Exception as error:  # noqa: BLE001 - any unreadable file is rebuilt below
                 logger.warning("recomputing the unreadable cache file %s: %s", cache_file, error)
         result = _without_numpy(self._pre_transform(deepcopy(item_transformed)))
-        partial = cache_file.with_name(f".{name}.{os.getpid()}.{threading.get_ident()}.partial")
+        # returned exactly as stored, so freshly computed and cached items of one batch collate alike
+        result = convert_to_tensor(result, convert_numeric=False, track_meta=self.track_meta)
+        partial = cache_file.with_name(f".{name}.{uuid.uuid4().hex}.partial")  # unique across hosts and ranks
         try:
-            torch.save(convert_to_tensor(result, convert_numeric=False, track_meta=self.track_meta), partial)
+            torch.save(result, partial)
             os.replace(partial, cache_file)
         finally:
             partial.unlink(missing_ok=True)
         return result
+
+
+def remove_stale_partial_files(cache_dir: str | os.PathLike, older_than_s: float = 3600.0) -> int:
+    """Delete the half-written files that killed writers left in ``cache_dir``; returns how many."""
+    removed, now = 0, time.time()
+    for partial in Path(cache_dir).glob(".*.partial"):
+        try:
+            if now - partial.stat().st_mtime > older_than_s:
+                partial.unlink()
+                removed += 1
+        except FileNotFoundError:  # another process removed or finished it
+            continue
+    return removed
 
 
 def training_dataset(
@@ -145,6 +178,8 @@ def training_dataset(
     """
     if cache not in CACHE_MODES:
         raise ValueError(f"cache must be one of {CACHE_MODES}, got {cache!r}")
+    if cache != "memory" and cache_rate != 1.0:
+        logger.warning("cache_rate %s has no effect with cache=%r (it applies to cache='memory')", cache_rate, cache)
     if cache == "memory":
         return CacheDataset(data=data, transform=transform, cache_rate=cache_rate, num_workers=num_workers)
     if cache == "none":
@@ -152,6 +187,7 @@ def training_dataset(
     if not cache_dir:
         raise ValueError("cache='disk' needs a cache_dir")
     Path(cache_dir).mkdir(parents=True, exist_ok=True)
+    remove_stale_partial_files(cache_dir)
     return AtomicPersistentDataset(
         data=data,
         transform=transform,

@@ -121,7 +121,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--cache", nargs="+", choices=("disk", "memory", "none"), default=["disk", "memory"])
     parser.add_argument("--base-subjects", type=int, default=16, help="distinct generated subjects")
     parser.add_argument("--spacing", type=float, default=2.0, help="cohort grid spacing in mm")
-    parser.add_argument("--workdir", help="keep cohorts and runs here (default: a temporary folder)")
+    parser.add_argument("--workdir", help="keep cohorts and runs in a new folder under this one (default: removed)")
     parser.add_argument("--json", help="also write the results to this file")
     parser.add_argument("extra", nargs=argparse.REMAINDER, help="after --: further bundle overrides")
     return parser.parse_args(argv)
@@ -131,7 +131,10 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     extra = [a for a in args.extra if a != "--"]
     with tempfile.TemporaryDirectory() as tmp:
-        root = Path(args.workdir or tmp)
+        root = Path(tmp)
+        if args.workdir:  # a new folder per invocation there: new cohorts, empty caches
+            Path(args.workdir).mkdir(parents=True, exist_ok=True)
+            root = Path(tempfile.mkdtemp(prefix="data_scale_", dir=args.workdir))
         print(f"generating {args.base_subjects} subjects at {args.spacing:g} mm, copies up to {max(args.subjects)}")
         cohorts = make_cohorts(root, args.base_subjects, sorted(set(args.subjects)), args.spacing)
         results = []

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 from monai.data import CacheDataset, Dataset, MetaTensor
-from monai.transforms import Compose, LoadImaged, MapTransform, RandSpatialCropd, Spacingd
+from monai.transforms import Compose, EnsureTyped, Lambdad, LoadImaged, MapTransform, RandSpatialCropd, Spacingd
 
-from brainmvp_components.datasets import AtomicPersistentDataset, training_dataset
+from brainmvp_components.datasets import AtomicPersistentDataset, training_dataset, transforms_hash
 
 
 class CountCalls(MapTransform):
@@ -83,6 +83,30 @@ def test_disk_cache_key_follows_files_and_transform_settings(tmp_path):
     training_dataset(data, transform, cache="disk", cache_dir=cache)[0]
     assert counter.calls == 1
     assert len(list(cache.glob("*.pt"))) == 3
+
+    hashes = {
+        transforms_hash([EnsureTyped("image", dtype=dtype), Lambdad("image", func)])
+        for dtype in (torch.float32, torch.float16)
+        for func in (lambda x: x > 0.1, lambda x: x > 0.2)
+    }
+    assert len(hashes) == 4  # dtypes and edited functions change the key
+
+
+def test_fresh_and_cached_items_have_the_same_types_and_stale_partials_go(tmp_path):
+    data = [_write_case(tmp_path / "case.nii.gz", 1.0)]
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    stale, recent = cache / ".old.partial", cache / ".new.partial"
+    stale.write_bytes(b"x")
+    recent.write_bytes(b"x")
+    os.utime(stale, (1, 1))
+    transform, _ = _pipeline()
+    fresh = training_dataset(data, transform, cache="disk", cache_dir=cache)[0]
+    assert not stale.exists() and recent.exists()  # a write in progress elsewhere is left alone
+    transform, _ = _pipeline()
+    cached = training_dataset(data, transform, cache="disk", cache_dir=cache)[0]
+    assert {k: type(v) for k, v in fresh.items()} == {k: type(v) for k, v in cached.items()}
+    assert {k: type(v) for k, v in fresh["image"].meta.items()} == {k: type(v) for k, v in cached["image"].meta.items()}
 
 
 def test_unreadable_cache_file_is_recomputed(tmp_path, caplog):

@@ -144,10 +144,15 @@ def test_torchrun_two_nodes_c10d_rendezvous_gloo(
         deadline = time.monotonic() + 300
         codes = [process.wait(timeout=max(1.0, deadline - time.monotonic())) for process in processes]
     finally:
-        for process in processes:
+        for process in processes:  # SIGTERM first: torchrun forwards it to its workers, SIGKILL would orphan them
             if process.poll() is None:
+                process.terminate()
+        for process in processes:
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
                 process.kill()
-                process.wait(timeout=60)
+                process.wait(timeout=30)
     texts = [log.read_text() for log in logs]
     assert codes == [0, 0], "\n\n".join(text[-4000:] for text in texts)
     assert (root / "models" / "encoder.pt").is_file()
