@@ -22,7 +22,6 @@ import json
 import logging
 import os
 import time
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from copy import deepcopy
 from enum import Enum
@@ -34,6 +33,8 @@ import torch
 from monai.data import CacheDataset, Dataset, MetaTensor, PersistentDataset
 from monai.transforms import Transform
 from monai.utils import convert_to_tensor
+
+from brainmvp_components.checkpoints import atomic_torch_save
 
 CACHE_MODES = ("disk", "memory", "none")
 logger = logging.getLogger(__name__)
@@ -78,7 +79,7 @@ def _describe(value, depth: int = 0):
     if code is not None:  # a function or lambda: its name and its compiled body, so an edited lambda differs
         body = hashlib.md5(code.co_code + repr(code.co_consts).encode(), usedforsecurity=False).hexdigest()
         return f"{getattr(value, '__module__', '')}.{getattr(value, '__qualname__', '')}:{body}"
-    if isinstance(value, Transform) or hasattr(value, "__dict__"):  # readers and other configured objects
+    if hasattr(value, "__dict__"):  # deeper transforms, readers and other configured objects
         return type(value).__qualname__
     return _OPAQUE
 
@@ -117,10 +118,11 @@ class AtomicPersistentDataset(PersistentDataset):
 
     MONAI's version writes each file in the system's temporary folder and moves it into the cache, which is a
     copy (readable half-written) when the two are on different file systems. Here the file is written next to
-    its final name and renamed with :func:`os.replace`, so the ranks of a distributed run and the workers of a
-    data loader sharing one cache never read a partial file; an unreadable file is recomputed. NumPy values,
-    which ``torch.load(..., weights_only=True)`` refuses (the NIfTI header in a ``MetaTensor``'s metadata),
-    are stored as tensors, so the cache is read back instead of silently recomputed on every access.
+    its final name and renamed (:func:`~brainmvp_components.checkpoints.atomic_torch_save`), so the ranks of a
+    distributed run and the workers of a data loader sharing one cache never read a partial file; an
+    unreadable file is recomputed. NumPy values, which ``torch.load(..., weights_only=True)`` refuses (the
+    NIfTI header in a ``MetaTensor``'s metadata), are stored as tensors, so the cache is read back instead of
+    silently recomputed on every access.
     """
 
     def _cachecheck(self, item_transformed):
@@ -136,19 +138,14 @@ class AtomicPersistentDataset(PersistentDataset):
         result = _without_numpy(self._pre_transform(deepcopy(item_transformed)))
         # returned exactly as stored, so freshly computed and cached items of one batch collate alike
         result = convert_to_tensor(result, convert_numeric=False, track_meta=self.track_meta)
-        partial = cache_file.with_name(f".{name}.{uuid.uuid4().hex}.partial")  # unique across hosts and ranks
-        try:
-            torch.save(result, partial)
-            os.replace(partial, cache_file)
-        finally:
-            partial.unlink(missing_ok=True)
+        atomic_torch_save(result, cache_file)  # a uniquely named temporary file in cache_dir, then a rename
         return result
 
 
 def remove_stale_partial_files(cache_dir: str | os.PathLike, older_than_s: float = 3600.0) -> int:
-    """Delete the half-written files that killed writers left in ``cache_dir``; returns how many."""
+    """Delete the half-written temporary files that killed writers left in ``cache_dir``; returns how many."""
     removed, now = 0, time.time()
-    for partial in Path(cache_dir).glob(".*.partial"):
+    for partial in Path(cache_dir).glob(".*.pt.*.tmp"):  # atomic_torch_save's temporary names
         try:
             if now - partial.stat().st_mtime > older_than_s:
                 partial.unlink()

@@ -63,7 +63,7 @@ def test_disk_cache_fills_on_first_use_and_keeps_the_affine(tmp_path):
     full_origin = torch.tensor([-10.0, 5.0, 3.0], dtype=crop_origin.dtype)
     offset = (crop_origin - full_origin) / 2.0  # the crop's voxel offset on the 2 mm grid
     torch.testing.assert_close(offset, offset.round())
-    assert not list((tmp_path / "cache").glob(".*partial"))
+    assert not list((tmp_path / "cache").glob(".*.tmp"))
 
 
 def test_disk_cache_key_follows_files_and_transform_settings(tmp_path):
@@ -96,7 +96,7 @@ def test_fresh_and_cached_items_have_the_same_types_and_stale_partials_go(tmp_pa
     data = [_write_case(tmp_path / "case.nii.gz", 1.0)]
     cache = tmp_path / "cache"
     cache.mkdir()
-    stale, recent = cache / ".old.partial", cache / ".new.partial"
+    stale, recent = cache / ".old.pt.x1.tmp", cache / ".new.pt.x2.tmp"
     stale.write_bytes(b"x")
     recent.write_bytes(b"x")
     os.utime(stale, (1, 1))
