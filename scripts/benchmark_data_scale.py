@@ -31,23 +31,25 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO_ROOT / "bundles" / "brainmvp_pretrain" / "configs"
 
 
-def _children(pid: int) -> list[int]:
-    found = []
+def _parents() -> dict[int, int]:
+    """``{pid: parent pid}`` of every process (one pass over Linux ``/proc``)."""
+    parents = {}
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
         try:
             with open(f"/proc/{entry.name}/stat") as f:
-                parent = int(f.read().rsplit(")", 1)[1].split()[1])
+                parents[int(entry.name)] = int(f.read().rsplit(")", 1)[1].split()[1])
         except (OSError, IndexError, ValueError):
             continue
-        if parent == pid:
-            found.append(int(entry.name))
-    return found
+    return parents
 
 
 def tree_rss_bytes(pid: int) -> int:
     """Resident memory of ``pid`` and all its descendants (Linux ``/proc``)."""
+    children: dict[int, list[int]] = {}
+    for child, parent in _parents().items():
+        children.setdefault(parent, []).append(child)
     total, pending = 0, [pid]
     while pending:
         current = pending.pop()
@@ -56,7 +58,7 @@ def tree_rss_bytes(pid: int) -> int:
                 total += int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
         except (OSError, IndexError, ValueError):
             continue
-        pending.extend(_children(current))
+        pending.extend(children.get(current, []))
     return total
 
 
