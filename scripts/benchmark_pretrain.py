@@ -299,9 +299,30 @@ def _max_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kB on Linux
 
 
+def synthetic_batch(
+    batch: int, modalities: int, side: int, device: torch.device, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A random pre-training batch shaped like the bundle's: ``(images, modality_index, partner, affine)``.
+
+    ``images`` ``(B, K, side, side, side)``; targets ``t1, t1c, t2, flair, ...`` per case, each target's partner
+    the next one (``-1`` with a single target); ``affine`` ``(B, 4, 4)`` places each crop at a random voxel
+    offset inside the atlas grid (the templates' grid).
+    """
+    from brainmvp_components.atlas import BRATS_ATLAS_AFFINE, BRATS_ATLAS_SHAPE
+
+    k = modalities
+    images = torch.rand(batch, k, side, side, side, generator=generator).to(device)
+    modality_index = (torch.arange(k) % 4).repeat(batch, 1).to(device)
+    partner = ((torch.arange(k) + 1) % k if k > 1 else torch.full((1,), -1)).repeat(batch, 1).to(device)
+    room = torch.tensor([max(n - side, 1) for n in BRATS_ATLAS_SHAPE], dtype=torch.float64)
+    offsets = (torch.rand(batch, 3, generator=generator, dtype=torch.float64) * room).floor()
+    affine = torch.as_tensor(BRATS_ATLAS_AFFINE).repeat(batch, 1, 1)
+    affine[:, :3, 3] += (affine[:, :3, :3] @ offsets[..., None])[..., 0]
+    return images, modality_index, partner, affine
+
+
 def run_step(cfg: dict) -> dict:
     """One variant of the step benchmark (runs inside a fresh subprocess)."""
-    from brainmvp_components.atlas import BRATS_ATLAS_AFFINE, BRATS_ATLAS_SHAPE
     from brainmvp_components.engines.pretrain import compute_pretrain_losses
     from brainmvp_components.losses.contrastive import InfoNCELoss
     from brainmvp_components.networks.depthwise import DepthwiseConv3d
@@ -322,18 +343,11 @@ def run_step(cfg: dict) -> dict:
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=1e-5, fused=True if ours else None)
     contrastive = InfoNCELoss(temperature=1.0)
 
-    batch, k, side = cfg["batch"], cfg["modalities"], cfg["roi"]
-    roi = (side,) * 3
     generator = torch.Generator().manual_seed(0)
     rng = np.random.default_rng(0)
-    images = torch.rand(batch, k, *roi, generator=generator).to(device)
-    modality_index = (torch.arange(k) % 4).repeat(batch, 1).to(device)  # t1, t1c, t2, flair, ...
-    partner = ((torch.arange(k) + 1) % k if k > 1 else torch.full((1,), -1)).repeat(batch, 1).to(device)
-    # crops at random voxel offsets inside the atlas grid (the templates' grid)
-    room = torch.tensor([max(n - side, 1) for n in BRATS_ATLAS_SHAPE], dtype=torch.float64)
-    offsets = (torch.rand(batch, 3, generator=generator, dtype=torch.float64) * room).floor()
-    affine = torch.as_tensor(BRATS_ATLAS_AFFINE).repeat(batch, 1, 1)
-    affine[:, :3, 3] += (affine[:, :3, :3] @ offsets[..., None])[..., 0]
+    images, modality_index, partner, affine = synthetic_batch(
+        cfg["batch"], cfg["modalities"], cfg["roi"], device, generator
+    )
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg["precision"] == "bf16")
     common = {"mask_ratio": 0.8, "block_size": 8, "contrastive_loss": contrastive}
 

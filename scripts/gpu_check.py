@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import gc
 import importlib.util
 import json
@@ -91,6 +92,7 @@ def _import_path() -> None:
         sys.path.insert(0, str(REPO_ROOT))
 
 
+@functools.cache
 def load_benchmark() -> Any:
     """``scripts/benchmark_pretrain.py`` as a module: its matmul-rate and FLOP-count functions are reused here."""
     _import_path()
@@ -212,22 +214,11 @@ class Batch:
 
 
 def make_batch(batch: int, modalities: int, side: int, device: Any, seed: int = 0) -> Batch:
-    """Random crops at random voxel offsets inside the atlas grid, targets ``t1, t1c, t2, flair, ...`` per case,
-    each target's partner the next one (as :func:`benchmark_pretrain.run_step` builds them)."""
+    """The step benchmark's synthetic batch (:func:`benchmark_pretrain.synthetic_batch`) with its generator."""
     import torch
 
-    from brainmvp_components.atlas import BRATS_ATLAS_AFFINE, BRATS_ATLAS_SHAPE
-
     generator = torch.Generator().manual_seed(seed)
-    k = modalities
-    images = torch.rand(batch, k, side, side, side, generator=generator).to(device)
-    modality_index = (torch.arange(k) % 4).repeat(batch, 1).to(device)
-    partner = ((torch.arange(k) + 1) % k if k > 1 else torch.full((1,), -1)).repeat(batch, 1).to(device)
-    room = torch.tensor([max(n - side, 1) for n in BRATS_ATLAS_SHAPE], dtype=torch.float64)
-    offsets = (torch.rand(batch, 3, generator=generator, dtype=torch.float64) * room).floor()
-    affine = torch.as_tensor(BRATS_ATLAS_AFFINE).repeat(batch, 1, 1)
-    affine[:, :3, 3] += (affine[:, :3, :3] @ offsets[..., None])[..., 0]
-    return Batch(images, modality_index, partner, affine, generator)
+    return Batch(*load_benchmark().synthetic_batch(batch, modalities, side, device, generator), generator)
 
 
 def build_model(ctx: Context, use_checkpoint: bool = False) -> tuple[Any, Any]:
