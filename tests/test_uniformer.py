@@ -108,3 +108,20 @@ def test_pretrain_model_forward_shapes():
 def test_pretrain_decoder_rejects_wrong_channels():
     with pytest.raises(ValueError, match=r"\[1, 64, 2, 2, 2\]"):
         PretrainDecoder((16, 32, 64, 128))(torch.rand(1, 64, 2, 2, 2))
+
+
+def test_pretrain_decoder_composed_kernel_equals_the_stages():
+    """The one-kernel forward gives the stage-by-stage output and the same gradients for every parameter."""
+    torch.manual_seed(0)
+    decoder = PretrainDecoder((16, 32, 64, 128), out_channels=2).double()
+    x4 = torch.randn(2, 128, 2, 1, 3, dtype=torch.float64, requires_grad=True)
+    composed = decoder(x4)
+    stagewise = decoder.out_1(decoder.decoder2(decoder.decoder3(decoder.decoder4(decoder.decoder5(x4)))))
+    assert tuple(composed.shape) == (2, 2, 32, 16, 48)
+    torch.testing.assert_close(composed, stagewise, rtol=1e-10, atol=1e-10)
+    upstream = torch.randn_like(composed)
+    params = [x4, *decoder.parameters()]
+    grads_composed = torch.autograd.grad(composed, params, upstream)
+    grads_stagewise = torch.autograd.grad(stagewise, params, upstream)
+    for g_composed, g_stagewise in zip(grads_composed, grads_stagewise):
+        torch.testing.assert_close(g_composed, g_stagewise, rtol=1e-10, atol=1e-10)

@@ -51,6 +51,13 @@ class PretrainDecoder(nn.Module):
     ``out_1`` (MONAI ``UnetOutBlock``, ``dims[0] -> out_channels`` with bias). There are no activations
     between the stages, exactly as in the authors' pre-training model.
 
+    Because every stage is linear, :meth:`forward` applies them as one: :meth:`composed_kernel` multiplies the
+    four ``2^3`` kernels and the output weights into a single ``16^3`` kernel, and each ``x4`` voxel becomes its
+    ``16^3`` output block by one matrix product. The result equals the stage-by-stage one up to rounding, with the
+    same parameters and gradients, but the full-resolution ``dims[0]``-channel tensors that the stages would
+    create (about 0.9 GB per 96^3 UniFormer-S crop, kept again for the backward pass) never exist, and the work
+    of the finest stage (7 of the decoder's 11 GFLOP per 96^3 crop) is gone.
+
     The authors' decoder object also owns ``decoderN.conv_block.*`` and ``proj1.*`` weights that its
     pre-training forward never uses; they are left out here (so distributed training sees no unused
     parameters) and :func:`brainmvp_components.weights.load_official_checkpoint` skips them.
@@ -76,7 +83,29 @@ class PretrainDecoder(nn.Module):
     def forward(self, x4: torch.Tensor) -> torch.Tensor:
         if x4.ndim != 5 or x4.shape[1] != self.dims[3]:
             raise ValueError(f"PretrainDecoder expects (B, {self.dims[3]}, h, w, d), got shape {list(x4.shape)}")
-        return self.out_1(self.decoder2(self.decoder3(self.decoder4(self.decoder5(x4)))))
+        kernel = self.composed_kernel()
+        batch, _, h, w, d = x4.shape
+        side = kernel.shape[-1]
+        blocks = torch.einsum("bchwd,coxyz->bohxwydz", x4, kernel.to(x4.dtype))
+        out = blocks.reshape(batch, kernel.shape[1], h * side, w * side, d * side)
+        return out + self.out_1.conv.conv.bias.to(out.dtype).view(1, -1, 1, 1, 1)
+
+    def composed_kernel(self) -> torch.Tensor:
+        """The decoder as one transposed convolution: kernel ``(dims[3], out_channels, 16, 16, 16)`` (stride 16).
+
+        Output voxel ``16 i + 8 a5 + 4 a4 + 2 a3 + a2`` (per axis) of input voxel ``i`` collects the path through
+        the offsets ``a5 .. a2`` of the stages' ``2^3`` kernels, so an earlier stage's offset is the more
+        significant digit; the kernel is built from the output convolution backwards, one stage at a time.
+        """
+        out_weight = self.out_1.conv.conv.weight  # (out_channels, dims[0], 1, 1, 1)
+        kernel = out_weight.transpose(0, 1)  # (dims[0], out_channels, 1, 1, 1)
+        for stage in (self.decoder2, self.decoder3, self.decoder4, self.decoder5):
+            weight = stage.transp_conv.conv.weight  # (in, out, 2, 2, 2) of ConvTranspose3d
+            side = kernel.shape[-1]
+            kernel = torch.einsum("icxyz,coXYZ->ioxXyYzZ", weight, kernel).reshape(
+                weight.shape[0], kernel.shape[1], 2 * side, 2 * side, 2 * side
+            )
+        return kernel
 
 
 class BrainMVPPretrainModel(nn.Module):
