@@ -36,6 +36,25 @@ def test_state_dict_matches_official_finetune_layout():
     assert list(ours) == list(expected)  # same order too
 
 
+def test_logits_match_the_authors_network_on_their_weights():
+    """The authors' fine-tuned UniUNet weights, loaded as they are, give their network's logits.
+
+    ``uniunet_logits_sub4.npy`` holds their network's eval-mode logits for these weights and this input (see
+    ``tests/data/README.md``); the full-resolution skip ``proj1`` must run in their ``(D, H, W)`` order.
+    """
+    import numpy as np
+    from test_official_weights import reference_value
+
+    shapes = {k: tuple(v) for k, v in json.loads(FINETUNE_JSON.read_text()).items()}
+    net = brainmvp_uniunet("small", in_channels=4, out_channels=3)
+    net.load_state_dict({k: reference_value(k, shape) for k, shape in shapes.items()})
+    x = torch.rand(1, 4, 32, 32, 32, generator=torch.Generator().manual_seed(1234))
+    with torch.no_grad():
+        logits = net.eval()(x)[:, :, ::4, ::4, ::4]
+    expected = torch.from_numpy(np.load(REFERENCE_DIR / "uniunet_logits_sub4.npy"))
+    torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-4)
+
+
 def test_forward_train_and_eval_shapes():
     net = UniUNet(uniformer_tiny(in_channels=4), in_channels=4, out_channels=3)
     x = torch.rand(2, 4, 32, 16, 16)

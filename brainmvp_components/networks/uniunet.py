@@ -22,7 +22,8 @@ __all__ = ["UniUNetDecoder", "UniUNet", "brainmvp_uniunet"]
 class UniUNetDecoder(nn.Module):
     """UNETR-style decoder over five encoder features ``[x0, x1, x2, x3, x4]`` (input axis order).
 
-    ``proj1`` embeds the raw input ``x0`` (``Conv3d`` 3x3x3 + channel LayerNorm) as the full-resolution skip;
+    ``proj1`` embeds the raw input ``x0`` (``Conv3d`` 3x3x3 + channel LayerNorm) as the full-resolution skip,
+    in the encoder's ``(D, H, W)`` working order as the authors do;
     ``decoder5..decoder2`` are ``UnetrUpBlock`` (transposed-conv upsampling by 2, concatenation with the
     skip, residual 3x3x3 block, instance norm); ``out`` is a ``UnetOutBlock``.
 
@@ -73,7 +74,10 @@ class UniUNetDecoder(nn.Module):
         d5 = self.decoder5(x4, x3)
         d4 = self.decoder4(d5, x2)
         d3 = self.decoder3(d4, x1)
-        d2 = self.decoder2(d3, self.proj1(x0))
+        # the authors embed the raw input in the encoder's (D, H, W) working order (see UniFormer3D); doing the same
+        # keeps their fine-tuned proj1 kernels valid as they are
+        skip = self.proj1(x0.permute(0, 1, 4, 2, 3)).permute(0, 1, 3, 4, 2)
+        d2 = self.decoder2(d3, skip)
         return self.out(d2), d4, d3
 
 
