@@ -86,6 +86,36 @@ def test_replaced_channels_stay_inside_the_real_channels_foreground(templates):
     assert seen > 5
 
 
+def test_template_replacement_weights_favour_and_exclude_modalities(templates):
+    """``replace_weights``: a weight-0 modality is never replaced, a heavier one more often than the rest."""
+    transform = RandTemplateReplaced(
+        "image", templates, MODALITIES, max_replace=1, replace_weights={"FLAIR": 4.0, "t1": 0.0}, replaced_key="r"
+    ).set_random_state(0)
+    counts = dict.fromkeys(MODALITIES, 0)
+    for _ in range(300):
+        for c in transform({"image": _image()})["r"].tolist():
+            counts[MODALITIES[c]] += 1
+    assert counts["t1"] == 0
+    assert counts["flair"] > 2 * max(counts["t1c"], counts["t2"]) and min(counts["t1c"], counts["t2"]) > 0
+    only_flair = RandTemplateReplaced(
+        "image", templates, MODALITIES, max_replace=3, replace_weights={"t1": 0, "t1c": 0, "t2": 0}, replaced_key="r"
+    ).set_random_state(0)
+    assert {tuple(only_flair({"image": _image()})["r"].tolist()) for _ in range(30)} == {(), (3,)}
+
+
+@pytest.mark.parametrize(
+    "weights, message",
+    [
+        ({"dwi": 1.0}, "not among the input modalities"),
+        ({"t1": -1.0}, ">= 0"),
+        (dict.fromkeys(MODALITIES, 0), "no modality"),
+    ],
+)
+def test_template_replacement_weights_are_checked(templates, weights, message):
+    with pytest.raises(ValueError, match=message):
+        RandTemplateReplaced("image", templates, MODALITIES, replace_weights=weights)
+
+
 def test_template_replacement_without_templates_is_identity(tmp_path):
     assert load_frozen_templates(tmp_path / "absent") is None
     transform = RandTemplateReplaced("image", None, MODALITIES, pair_key="image_pair")

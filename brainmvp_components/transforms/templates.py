@@ -122,6 +122,23 @@ def _template_channel(templates, modality: str, img: torch.Tensor, foreground: t
     return volume * foreground.to(volume.device)
 
 
+def _channel_weights(modalities: Sequence[str], replace_weights: Mapping[str, float] | None) -> np.ndarray:
+    """Per-channel replacement weights from ``{modality: weight}`` (unnamed modalities weigh 1)."""
+    weights = {canonical_modality(name): float(w) for name, w in (replace_weights or {}).items()}
+    unknown = sorted(set(weights) - set(modalities))
+    if unknown:
+        raise ValueError(
+            f"replace_weights names {unknown}, which are not among the input modalities {list(modalities)}"
+        )
+    bad = {name: w for name, w in weights.items() if not (w >= 0.0 and np.isfinite(w))}
+    if bad:
+        raise ValueError(f"replace_weights must be finite and >= 0, got {bad}")
+    channel_weights = np.array([weights.get(name, 1.0) for name in modalities], dtype=np.float64)
+    if modalities and channel_weights.sum() <= 0:
+        raise ValueError("replace_weights leave no modality to replace (every weight is 0)")
+    return channel_weights
+
+
 class RandTemplateReplace(Randomizable, Transform):
     """Replace a random subset of input channels by their modality's frozen template.
 
@@ -138,6 +155,10 @@ class RandTemplateReplace(Randomizable, Transform):
         modalities: the modality of each input channel, in channel order (any alias).
         max_replace: the largest number of channels replaced in one call (the paper uses 3).
         prob: probability of augmenting at all in one call.
+        replace_weights: relative chance of each modality being one of the replaced channels, by modality name
+            (any alias); modalities not named weigh 1, and 0 never replaces a modality. The default (equal
+            chances) is the paper's. Weighting the modality a site most often lacks (FLAIR, say) teaches the
+            network to segment with that channel imputed without replacing the others more often.
 
     Input: ``MetaTensor (C, H, W, D)``. Output: a new tensor of the same shape and meta data; the indices of
     the replaced channels of the last call are in :attr:`replaced`.
@@ -145,10 +166,18 @@ class RandTemplateReplace(Randomizable, Transform):
 
     backend = [TransformBackends.TORCH]
 
-    def __init__(self, templates, modalities: Sequence[str], max_replace: int = 3, prob: float = 1.0) -> None:
+    def __init__(
+        self,
+        templates,
+        modalities: Sequence[str],
+        max_replace: int = 3,
+        prob: float = 1.0,
+        replace_weights: Mapping[str, float] | None = None,
+    ) -> None:
         if max_replace < 0:
             raise ValueError(f"max_replace must be >= 0, got {max_replace}")
         self.modalities = canonical_modalities(modalities)
+        self.channel_weights = _channel_weights(self.modalities, replace_weights)
         self.templates = load_frozen_templates(templates, required=self.modalities)
         self.max_replace = int(max_replace)
         self.prob = float(prob)
@@ -158,9 +187,12 @@ class RandTemplateReplace(Randomizable, Transform):
         self.replaced = []
         if self.templates is None or self.R.rand() >= self.prob:
             return
-        k_max = min(self.max_replace, num_channels - 1)
+        replaceable = int(np.count_nonzero(self.channel_weights))
+        k_max = min(self.max_replace, num_channels - 1, replaceable)
         k = int(self.R.randint(0, k_max + 1)) if k_max > 0 else 0
-        self.replaced = sorted(int(i) for i in self.R.choice(num_channels, size=k, replace=False))
+        weights = self.channel_weights
+        chances = None if np.all(weights == weights[0]) else weights / weights.sum()  # None keeps equal draws as before
+        self.replaced = sorted(int(i) for i in self.R.choice(num_channels, size=k, replace=False, p=chances))
 
     def __call__(self, img: torch.Tensor, randomize: bool = True) -> torch.Tensor:
         if img.shape[0] != len(self.modalities):
@@ -181,7 +213,7 @@ class RandTemplateReplaced(Randomizable, MapTransform):
 
     Args:
         keys: the image key(s) to augment.
-        templates, modalities, max_replace, prob: as :class:`RandTemplateReplace`.
+        templates, modalities, max_replace, prob, replace_weights: as :class:`RandTemplateReplace`.
         pair_key: when given, a second copy of the first key, with its own independent draw, is written to
             ``data[pair_key]`` (the "pair augmentation" of the paper) before the first copy is augmented.
         replaced_key: when given, the replaced channel indices of each copy go to ``data[replaced_key]``
@@ -198,12 +230,15 @@ class RandTemplateReplaced(Randomizable, MapTransform):
         modalities: Sequence[str],
         max_replace: int = 3,
         prob: float = 1.0,
+        replace_weights: Mapping[str, float] | None = None,
         pair_key: str | None = None,
         replaced_key: str | None = None,
         allow_missing_keys: bool = False,
     ) -> None:
         MapTransform.__init__(self, keys, allow_missing_keys)
-        self.replacer = RandTemplateReplace(templates, modalities, max_replace=max_replace, prob=prob)
+        self.replacer = RandTemplateReplace(
+            templates, modalities, max_replace=max_replace, prob=prob, replace_weights=replace_weights
+        )
         self.pair_key = pair_key
         self.replaced_key = replaced_key
 
