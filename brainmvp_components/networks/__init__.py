@@ -1,5 +1,6 @@
 """BrainMVP networks: the UniFormer encoder, the pre-training model, the segmentation network and the UNet variant."""
 
+from brainmvp_components.networks.accelerated import AutocastInference, accelerated_inference_network
 from brainmvp_components.networks.backbones import SwinEncoder
 from brainmvp_components.networks.pretrain import (
     BrainMVPPretrainModel,
@@ -24,6 +25,8 @@ from brainmvp_components.networks.uniformer import (
 from brainmvp_components.networks.uniunet import UniUNet, UniUNetDecoder, brainmvp_uniunet
 
 __all__ = [
+    "AutocastInference",
+    "accelerated_inference_network",
     "UNIFORMER_PRESETS",
     "UniFormer3D",
     "uniformer_preset",
