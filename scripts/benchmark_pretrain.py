@@ -49,6 +49,7 @@ Results and the exact commands used are recorded in ``docs/benchmarks.md``.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
 import os
@@ -59,11 +60,15 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from brainmvp_components.masking import block_grid, fill_masked, num_kept_blocks, random_block_mask
+if importlib.util.find_spec("brainmvp_components") is None:  # run from an environment without the project installed
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from brainmvp_components.masking import block_grid, fill_masked, num_kept_blocks, random_block_mask  # noqa: E402
 
 GIB = 1024**3
 RESULT_TAG = "BENCHMARK_RESULT "
