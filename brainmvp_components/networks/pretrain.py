@@ -88,7 +88,10 @@ class PretrainDecoder(nn.Module):
         side = kernel.shape[-1]
         blocks = torch.einsum("bchwd,coxyz->bohxwydz", x4, kernel.to(x4.dtype))
         out = blocks.reshape(batch, kernel.shape[1], h * side, w * side, d * side)
-        return out + self.out_1.conv.conv.bias.to(out.dtype).view(1, -1, 1, 1, 1)
+        bias = self.out_1.conv.conv.bias
+        if bias is not None:
+            out = out + bias.to(out.dtype).view(1, -1, 1, 1, 1)
+        return out
 
     def composed_kernel(self) -> torch.Tensor:
         """The decoder as one transposed convolution: kernel ``(dims[3], out_channels, 16, 16, 16)`` (stride 16).
