@@ -122,8 +122,12 @@ def _template_channel(templates, modality: str, img: torch.Tensor, foreground: t
     return volume * foreground.to(volume.device)
 
 
-def _channel_weights(modalities: Sequence[str], replace_weights: Mapping[str, float] | None) -> np.ndarray:
-    """Per-channel replacement weights from ``{modality: weight}`` (unnamed modalities weigh 1)."""
+def _channel_chances(
+    modalities: Sequence[str], replace_weights: Mapping[str, float] | None
+) -> tuple[np.ndarray | None, int]:
+    """``(chances, replaceable)`` from ``{modality: weight}`` (unnamed modalities weigh 1): each channel's
+    probability of being drawn, ``None`` when all are equal (the draw the paper's recipe always made), and how many
+    channels may be replaced at all."""
     weights = {canonical_modality(name): float(w) for name, w in (replace_weights or {}).items()}
     unknown = sorted(set(weights) - set(modalities))
     if unknown:
@@ -136,7 +140,8 @@ def _channel_weights(modalities: Sequence[str], replace_weights: Mapping[str, fl
     channel_weights = np.array([weights.get(name, 1.0) for name in modalities], dtype=np.float64)
     if modalities and channel_weights.sum() <= 0:
         raise ValueError("replace_weights leave no modality to replace (every weight is 0)")
-    return channel_weights
+    equal = channel_weights.size == 0 or bool(np.all(channel_weights == channel_weights[0]))
+    return (None if equal else channel_weights / channel_weights.sum()), int(np.count_nonzero(channel_weights))
 
 
 class RandTemplateReplace(Randomizable, Transform):
@@ -177,7 +182,7 @@ class RandTemplateReplace(Randomizable, Transform):
         if max_replace < 0:
             raise ValueError(f"max_replace must be >= 0, got {max_replace}")
         self.modalities = canonical_modalities(modalities)
-        self.channel_weights = _channel_weights(self.modalities, replace_weights)
+        self.replace_chances, self.replaceable = _channel_chances(self.modalities, replace_weights)
         self.templates = load_frozen_templates(templates, required=self.modalities)
         self.max_replace = int(max_replace)
         self.prob = float(prob)
@@ -187,12 +192,11 @@ class RandTemplateReplace(Randomizable, Transform):
         self.replaced = []
         if self.templates is None or self.R.rand() >= self.prob:
             return
-        replaceable = int(np.count_nonzero(self.channel_weights))
-        k_max = min(self.max_replace, num_channels - 1, replaceable)
+        k_max = min(self.max_replace, num_channels - 1, self.replaceable)
         k = int(self.R.randint(0, k_max + 1)) if k_max > 0 else 0
-        weights = self.channel_weights
-        chances = None if np.all(weights == weights[0]) else weights / weights.sum()  # None keeps equal draws as before
-        self.replaced = sorted(int(i) for i in self.R.choice(num_channels, size=k, replace=False, p=chances))
+        self.replaced = sorted(
+            int(i) for i in self.R.choice(num_channels, size=k, replace=False, p=self.replace_chances)
+        )
 
     def __call__(self, img: torch.Tensor, randomize: bool = True) -> torch.Tensor:
         if img.shape[0] != len(self.modalities):
