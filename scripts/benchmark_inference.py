@@ -90,6 +90,8 @@ from benchmark_pretrain import (  # noqa: E402  (the sibling script: shared meas
     authors_missing_package,
 )
 
+from brainmvp_components.networks.accelerated import accelerated_inference_network  # noqa: E402
+
 BUNDLE_INFERENCE = REPO_ROOT / "bundles" / "brainmvp_brats_seg" / "configs" / "inference.json"
 FULL_VOLUME = (4, 240, 240, 155)
 """A BraTS case at 1 mm: 4 modalities of 240 x 240 x 155 voxels."""
@@ -297,24 +299,17 @@ def run_inference(cfg: dict) -> dict:
         if "channels_last" in modifiers:
             volume = volume.contiguous(memory_format=torch.channels_last_3d)
 
-    network: Callable = model
     if "channels_last" in modifiers:
         model.to(memory_format=torch.channels_last_3d)
-    if "compile" in modifiers:
-        import torch._inductor.config as inductor_config
-
-        inductor_config.freezing = True  # weights as constants: oneDNN prepacks the convolutions' kernels once
-        network = torch.compile(model)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled="bf16" in modifiers)
+    # the segmentation bundle's own --bf16 / --compile path (authors' and SegResNet runs have neither modifier)
+    network = accelerated_inference_network(model, bf16="bf16" in modifiers, compile="compile" in modifiers)
 
     def forward(windows: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         if "channels_last" in modifiers:
             windows = windows.contiguous(memory_format=torch.channels_last_3d)
         elif "compile" in modifiers:  # one window is a strided view of the volume: keep the warm-up's guards
             windows = windows.contiguous()
-        with autocast:
-            out = network(windows, *args, **kwargs)
-        return out.float()
+        return network(windows, *args, **kwargs).float()
 
     total = window_count(spatial, roi, cfg["overlap"])
     limiter = WindowLimiter(forward, cfg["windows"] or total, cfg["keep_windows"], device)
