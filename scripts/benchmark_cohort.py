@@ -15,7 +15,7 @@ import sys
 import tempfile
 import time
 
-from brainmvp_components.cohort import COHORT_KINDS, load_mni_tissue_maps, make_cohort
+from brainmvp_components.data.cohort import COHORT_KINDS, load_mni_tissue_maps, make_cohort
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -64,7 +64,7 @@ def tree_rss_bytes(pid: int) -> int:
 
 def make_cohorts(root: Path, base_subjects: int, sizes: list[int], spacing: float) -> dict[int, Path]:
     """One folder per size: the base cohort's case folders copied under new names up to ``size`` cases."""
-    from brainmvp_components.cohort import make_cohort
+    from brainmvp_components.data.cohort import make_cohort
 
     base = root / "base"
     make_cohort(base, "pretrain", base_subjects, seed=0, spacing=spacing)

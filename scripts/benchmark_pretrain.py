@@ -3,7 +3,8 @@
 Two parts, each printed as a table:
 
 1. ``masking``: block masking and filling of a batch, the vectorised implementation
-   (:func:`brainmvp_components.masking.random_block_mask` + :func:`~brainmvp_components.masking.fill_masked`)
+   (:func:`brainmvp_components.transforms.masking.random_block_mask` +
+   :func:`~brainmvp_components.transforms.masking.fill_masked`)
    against a straightforward per-sample, per-block Python loop, timed side by side in one run, with a check that
    both keep the same fraction of blocks and fill the same way.
 2. ``step``: one full pre-training step (two masked views per single-modality target through the network, the
@@ -68,7 +69,7 @@ import torch
 if importlib.util.find_spec("brainmvp_components") is None:  # run from an environment without the project installed
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from brainmvp_components.masking import block_grid, fill_masked, num_kept_blocks, random_block_mask  # noqa: E402
+from brainmvp_components.transforms.masking import block_grid, fill_masked, num_kept_blocks, random_block_mask  # noqa: E402
 
 GIB = 1024**3
 RESULT_TAG = "BENCHMARK_RESULT "
@@ -313,7 +314,7 @@ def synthetic_batch(
     the next one (``-1`` with a single target); ``affine`` ``(B, 4, 4)`` places each crop at a random voxel
     offset inside the atlas grid (the templates' grid).
     """
-    from brainmvp_components.atlas import BRATS_ATLAS_AFFINE, BRATS_ATLAS_SHAPE
+    from brainmvp_components.data.atlas import BRATS_ATLAS_AFFINE, BRATS_ATLAS_SHAPE
 
     k = modalities
     images = torch.rand(batch, k, side, side, side, generator=generator).to(device)

@@ -17,7 +17,7 @@ import argparse
 import logging
 import sys
 
-from brainmvp_components.weights import (
+from brainmvp_components.weights.official import (
     CheckpointFormatError,
     check_official_structure,
     convert_official_checkpoint,

@@ -19,11 +19,11 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from brainmvp_components.datalist import load_datalist, write_datalist
-from brainmvp_components.evaluation import evaluate_segmentation_files
-from brainmvp_components.modalities import canonical_modality
-from brainmvp_components.reports import write_json
-from brainmvp_components.visualisation import save_segmentation_comparison
+from brainmvp_components.data.datalist import load_datalist, write_datalist
+from brainmvp_components.data.modalities import canonical_modality
+from brainmvp_components.metrics.segmentation import evaluate_segmentation_files
+from brainmvp_components.utils.writers import write_json
+from brainmvp_components.visualize.previews import save_segmentation_comparison
 
 RUNS = ("all_modalities", "missing_modalities")
 

@@ -2,7 +2,7 @@
 
 ``record-seconds`` adds one stage's wall time to a JSON file (atomically); ``write`` gathers the pre-training,
 segmentation and classification reports under ``--runs`` into ``OUT/summary.json``
-(:func:`brainmvp_components.learning_report.build_learning_summary`) and prints it as a table of figures and
+(:func:`brainmvp_components.metrics.learning_report.build_learning_summary`) and prints it as a table of figures and
 targets. Exit status: 0 when the summary was written (whether or not every target is met), 1 when a report is
 missing.
 
@@ -17,8 +17,8 @@ import json
 import sys
 from pathlib import Path
 
-from brainmvp_components.learning_report import build_learning_summary, summary_table
-from brainmvp_components.reports import write_json
+from brainmvp_components.metrics.learning_report import build_learning_summary, summary_table
+from brainmvp_components.utils.writers import write_json
 
 
 def _read(path: Path, what: str) -> dict:

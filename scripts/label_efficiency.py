@@ -35,8 +35,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from brainmvp_components.datalist import ensure_datalist, load_datalist
-from brainmvp_components.label_efficiency import (
+from brainmvp_components.data.datalist import ensure_datalist, load_datalist
+from brainmvp_components.studies.label_efficiency import (
     COHORT_KINDS,
     TASKS,
     FinetuneRun,
@@ -49,7 +49,7 @@ from brainmvp_components.label_efficiency import (
     read_run_metrics,
     write_results_table,
 )
-from brainmvp_components.reports import write_json
+from brainmvp_components.utils.writers import write_json
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = REPO_ROOT / "scripts" / "studies" / "default.yaml"

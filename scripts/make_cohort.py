@@ -15,7 +15,7 @@ import argparse
 import logging
 import sys
 
-from brainmvp_components.cohort import COHORT_KINDS, LABEL_CONVENTIONS, make_cohort
+from brainmvp_components.data.cohort import COHORT_KINDS, LABEL_CONVENTIONS, make_cohort
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -55,8 +55,8 @@ def write_templates(out: Path, spacing: float) -> None:
     """Stand-in distilled templates (uniform noise on the atlas grid) for a check run without pre-training."""
     import torch
 
-    from brainmvp_components.atlas import atlas_grid
-    from brainmvp_components.templates import ModalityTemplates
+    from brainmvp_components.data.atlas import atlas_grid
+    from brainmvp_components.networks.templates import ModalityTemplates
 
     torch.manual_seed(0)
     shape, affine = atlas_grid(spacing)

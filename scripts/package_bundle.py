@@ -19,7 +19,7 @@ import json
 import logging
 import sys
 
-from brainmvp_components.release import package_bundle
+from brainmvp_components.weights.release import package_bundle
 
 
 def _override(text: str) -> tuple[str, object]:

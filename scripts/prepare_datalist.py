@@ -15,7 +15,7 @@ import argparse
 import logging
 import sys
 
-from brainmvp_components.datalist import DEFAULT_LABEL_FRACTIONS, DatasetIntegrityError, build_datalist
+from brainmvp_components.data.datalist import DEFAULT_LABEL_FRACTIONS, DatasetIntegrityError, build_datalist
 
 logger = logging.getLogger("prepare_datalist")
 

@@ -15,7 +15,7 @@ OFFICIAL_REFERENCE_DIR = REPO_ROOT / "tests" / "data" / "official_brainmvp"
 
 
 def _make(tmp_path_factory, kind: str, subjects: int, **kwargs) -> Path:
-    from brainmvp_components.cohort import make_cohort
+    from brainmvp_components.data.cohort import make_cohort
 
     out = tmp_path_factory.mktemp(f"cohort_{kind}")
     make_cohort(out, kind, subjects, seed=0, spacing=2.0, **kwargs)

@@ -10,7 +10,7 @@ import nibabel as nib
 import numpy as np
 import torch
 
-from brainmvp_components.modalities import modality_from_filename
+from brainmvp_components.data.modalities import modality_from_filename
 
 MODALITIES = ["t1", "t1c", "t2", "flair"]
 
@@ -51,7 +51,7 @@ def moved_copy(case_dir: Path, out_dir: Path, modalities=("t1", "t1c", "flair"))
 
 def mean_templates(cases: list[Path]):
     """Templates on the atlas grid of the cohort: the mean of the given cases, per modality."""
-    from brainmvp_components.templates import ModalityTemplates
+    from brainmvp_components.networks.templates import ModalityTemplates
 
     stacks = {m: [] for m in MODALITIES}
     affine = None

@@ -11,7 +11,7 @@ import pytest
 import torch
 from scipy.ndimage import binary_erosion, distance_transform_edt
 
-from brainmvp_components.evaluation import (
+from brainmvp_components.metrics.segmentation import (
     BRATS_EMPTY_HD95,
     METRIC_COLUMNS,
     BratsRegionMetric,
@@ -90,7 +90,7 @@ def _distributed_metric_worker(rank: int, init_file: str, results: str) -> None:
     """One rank of a two-process gloo group: rank 0 scores two perfect cases, rank 1 one missed case."""
     import torch.distributed as dist
 
-    from brainmvp_components.evaluation import BratsMetricHandler
+    from brainmvp_components.metrics.segmentation import BratsMetricHandler
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
     try:
@@ -148,7 +148,7 @@ def test_evaluate_files_writes_reports(tmp_path):
 
 
 def test_case_ids():
-    from brainmvp_components.datalist import case_id_from_path
+    from brainmvp_components.data.datalist import case_id_from_path
 
     assert case_id_from_path("/d/BraTS2021_00012/BraTS2021_00012_t1ce.nii.gz") == "BraTS2021_00012"
     assert case_id_from_path("BraTS-GLI-00001-000-seg.nii.gz") == "BraTS-GLI-00001-000"

@@ -13,10 +13,10 @@ import pytest
 import torch
 from monai.bundle import ConfigWorkflow
 
-from brainmvp_components.atlas import atlas_grid
+from brainmvp_components.data.atlas import atlas_grid
 from brainmvp_components.networks.classifier import BrainMVPClassifier
+from brainmvp_components.networks.templates import ModalityTemplates
 from brainmvp_components.networks.uniformer import uniformer_tiny
-from brainmvp_components.templates import ModalityTemplates
 
 CONFIGS = Path(__file__).resolve().parents[1] / "bundles" / "brainmvp_adni_cls" / "configs"
 

@@ -14,20 +14,20 @@ from monai.data import MetaTensor
 from monai.engines import SupervisedEvaluator
 from monai.handlers import from_engine
 
-from brainmvp_components.classification import (
+from brainmvp_components.data.modalities import modality_index
+from brainmvp_components.engines.consistency import ConsistencyTrainer
+from brainmvp_components.metrics.classification import (
     ClassificationMetric,
     ClassificationReportWriter,
     class_weights,
     classification_metrics,
 )
-from brainmvp_components.engines.consistency import ConsistencyTrainer
-from brainmvp_components.masking import num_kept_blocks
-from brainmvp_components.modalities import modality_index
 from brainmvp_components.networks.classifier import BrainMVPClassifier
+from brainmvp_components.networks.templates import ModalityTemplates
 from brainmvp_components.networks.uniformer import uniformer_tiny
-from brainmvp_components.templates import ModalityTemplates
 from brainmvp_components.transforms.blocks import RandTemplateBlockFill, RandTemplateBlockFilld
-from brainmvp_components.weights import load_pretrained_encoder
+from brainmvp_components.transforms.masking import num_kept_blocks
+from brainmvp_components.weights.pretrained import load_encoder_if_present, load_pretrained_encoder
 
 ROI = (32, 32, 32)
 
@@ -168,7 +168,7 @@ def test_load_pretrained_encoder_both_formats(tmp_path, file_format):
         official["module.decoder.out_1.weight"] = torch.zeros(1, 16, 1, 1, 1)
         torch.save({"state_dict": official, "current_epoch": 3, "val_best": 0.1}, path)
 
-    single = _classifier(seed=1).load_pretrained_encoder(path)
+    single = load_encoder_if_present(_classifier(seed=1), path)
     _assert_encoder_loaded(single, source)  # single channel: the pre-trained stem is kept
 
     multi = _classifier(in_channels=2, seed=1)
@@ -181,7 +181,7 @@ def test_missing_pretrained_encoder_warns(tmp_path, caplog):
     net = _classifier()
     before = copy.deepcopy(net.state_dict())
     with caplog.at_level("WARNING"):
-        assert net.load_pretrained_encoder(tmp_path / "absent.pt") is net
+        assert load_encoder_if_present(net, tmp_path / "absent.pt") is net
     assert "from scratch" in caplog.text
     assert all(torch.equal(net.state_dict()[k], v) for k, v in before.items())
 
@@ -377,7 +377,7 @@ def test_report_writer_with_and_without_labels(tmp_path):
 def test_metric_handlers_through_evaluator():
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(8, 2))
     data = [{"image": torch.rand(4, 1, 2, 2, 2), "label": torch.tensor([0, 1, 0, 1])}]
-    from brainmvp_components.classification import ClassificationMetricHandler
+    from brainmvp_components.metrics.classification import ClassificationMetricHandler
 
     evaluator = SupervisedEvaluator(
         device=torch.device("cpu"),

@@ -10,8 +10,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from brainmvp_components.atlas import atlas_grid
-from brainmvp_components.cohort import (
+from brainmvp_components.data.atlas import atlas_grid
+from brainmvp_components.data.cohort import (
     COHORT_MODALITIES,
     PREVIEW_DIR_NAME,
     label_values,
@@ -19,7 +19,7 @@ from brainmvp_components.cohort import (
     subject_design,
     synthesise_subject,
 )
-from brainmvp_components.modalities import is_segmentation_file, modality_from_filename
+from brainmvp_components.data.modalities import is_segmentation_file, modality_from_filename
 
 SHAPE_2MM, AFFINE_2MM = atlas_grid(2.0)
 
@@ -210,7 +210,7 @@ def test_preview_png(tmp_path):
 
 
 def test_visualisation_helpers(tmp_path, brats_subject):
-    from brainmvp_components.visualisation import (
+    from brainmvp_components.visualize.previews import (
         save_overlay,
         save_reconstruction_preview,
         save_template_montage,

@@ -1,4 +1,4 @@
-"""Tests for brainmvp_components.datalist and scripts/prepare_datalist.py on the embedded cohorts."""
+"""Tests for brainmvp_components.data.datalist and scripts/prepare_datalist.py on the embedded cohorts."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from brainmvp_components.datalist import (
+from brainmvp_components.data.datalist import (
     DatasetIntegrityError,
     build_datalist,
     discover_cases,
@@ -25,7 +25,7 @@ from brainmvp_components.datalist import (
     nested_label_fractions,
     split_cases,
 )
-from brainmvp_components.modalities import CANONICAL_MODALITIES, is_segmentation_file, modality_from_filename
+from brainmvp_components.data.modalities import CANONICAL_MODALITIES, is_segmentation_file, modality_from_filename
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "prepare_datalist.py"
@@ -552,7 +552,7 @@ def test_ensure_datalist_concurrent(brats_cohort, tmp_path, monkeypatch):
     """Ranks of one job call ensure_datalist at once on a cohort without a datalist: one builds, all get it."""
     import time
 
-    import brainmvp_components.datalist as datalist_module
+    import brainmvp_components.data.datalist as datalist_module
 
     data = _copy(brats_cohort, tmp_path)
     calls = tmp_path / "build_calls.txt"
@@ -584,7 +584,7 @@ def test_truncated_gzip_is_really_truncated(brats_cohort, tmp_path):
 
 
 def test_brats2023_naming_and_convention(tmp_path):
-    from brainmvp_components.cohort import make_cohort
+    from brainmvp_components.data.cohort import make_cohort
 
     data = tmp_path / "brats2023"
     make_cohort(data, "brats", 3, seed=1, spacing=4.0, label_convention="brats2023")

@@ -1,4 +1,4 @@
-"""Tests for the training data sets' caching modes (brainmvp_components.datasets)."""
+"""Tests for the training data sets' caching modes (brainmvp_components.data.datasets)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 from monai.data import CacheDataset, Dataset, MetaTensor
 from monai.transforms import Compose, EnsureTyped, Lambdad, LoadImaged, MapTransform, RandSpatialCropd, Spacingd
 
-from brainmvp_components.datasets import AtomicPersistentDataset, training_dataset, transforms_hash
+from brainmvp_components.data.datasets import AtomicPersistentDataset, training_dataset, transforms_hash
 
 
 class CountCalls(MapTransform):

@@ -175,7 +175,7 @@ def test_single_case_failure_last_line(seg_bundle, bad_batch, tmp_path, subproce
 def test_outputs_named_by_case_and_collisions(seg_bundle, tmp_path):
     """Row 3: `patient1/t1.nii.gz`, `patient2/t1.nii.gz` give two outputs named by folder; cases that would write
     one output stop the run before anything is written."""
-    from brainmvp_components.inference import InferenceError
+    from brainmvp_components.inference.batch import InferenceError
 
     cases = seg_bundle["cases"]
     data = tmp_path / "data"
@@ -247,7 +247,7 @@ def test_existing_outputs_are_skipped_or_replaced(seg_bundle, tmp_path, capsys):
 def test_bad_entries_and_failures_report_from_a_datalist(seg_bundle, bad_batch, tmp_path):
     """A missing file and a wrong channel count are reported per case; the good case is still written; a second
     run without failures removes the stale report."""
-    from brainmvp_components.inference import InferenceFailed
+    from brainmvp_components.inference.batch import InferenceFailed
 
     good = files_of(bad_batch["data"] / "good")
     four_d = tmp_path / "three_channels.nii.gz"
@@ -281,7 +281,7 @@ def test_bad_entries_and_failures_report_from_a_datalist(seg_bundle, bad_batch, 
 
 def test_case_name_formatter_uses_the_case_id():
     """Evaluation and inference name saved predictions after the case, not after a modality file."""
-    from brainmvp_components.evaluation import case_name_formatter
+    from brainmvp_components.metrics.segmentation import case_name_formatter
 
     assert (
         case_name_formatter({"case_id": "patient1", "filename_or_obj": "/d/patient1/t1.nii.gz"})["subject"]
@@ -315,7 +315,7 @@ def test_classification_settings_warning_failures_and_resume(cls_bundle, adni_co
     beside the model); a bad case is reported while the others are predicted; a rerun keeps earlier predictions."""
     from monai.bundle import ConfigParser
 
-    from brainmvp_components.inference import InferenceFailed
+    from brainmvp_components.inference.batch import InferenceFailed
 
     # the training config's initialize step stores the settings beside the model
     parser = ConfigParser()
@@ -364,7 +364,7 @@ def test_classification_settings_warning_failures_and_resume(cls_bundle, adni_co
 
 def test_run_level_errors_are_one_line(seg_bundle, bad_batch, tmp_path):
     """Problems of the run, not of a case, end it with one line, not a chain of configuration errors."""
-    from brainmvp_components.inference import InferenceError
+    from brainmvp_components.inference.batch import InferenceError
 
     with pytest.raises(InferenceError, match=r"^inference not started: datalist .*absent.json does not exist$"):
         _workflow(seg_bundle["bundle"], datalist=str(tmp_path / "absent.json"), **SEG_OVERRIDES).run()

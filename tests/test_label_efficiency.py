@@ -11,7 +11,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from brainmvp_components.label_efficiency import (
+from brainmvp_components.studies.label_efficiency import (
     DEFAULT_STUDY,
     INITIALISATIONS,
     ResultsFile,

@@ -13,20 +13,20 @@ from ignite.engine import Engine, Events
 from monai.data import MetaTensor
 from torch import nn
 
-from brainmvp_components.atlas import atlas_grid
-from brainmvp_components.datalist import build_datalist, load_datalist
-from brainmvp_components.handlers import TemplateEvolutionHandler, TrainingCurvesHandler
-from brainmvp_components.learning_report import SUMMARY_KEYS, TARGETS, build_learning_summary, summary_table
-from brainmvp_components.modalities import modality_index
-from brainmvp_components.networks.pretrain import brainmvp_pretrain_model
-from brainmvp_components.pretrain_evaluation import (
+from brainmvp_components.data.atlas import atlas_grid
+from brainmvp_components.data.datalist import build_datalist, load_datalist
+from brainmvp_components.data.modalities import modality_index
+from brainmvp_components.handlers.training import TemplateEvolutionHandler, TrainingCurvesHandler
+from brainmvp_components.metrics.learning_report import SUMMARY_KEYS, TARGETS, build_learning_summary, summary_table
+from brainmvp_components.metrics.pretraining import (
     cohort_mean_images,
     pearson_r,
     reconstruction_mse_ratio,
     template_correlations,
 )
-from brainmvp_components.templates import ModalityTemplates
-from brainmvp_components.visualisation import save_segmentation_comparison, tumour_slice
+from brainmvp_components.networks.pretrain import brainmvp_pretrain_model
+from brainmvp_components.networks.templates import ModalityTemplates
+from brainmvp_components.visualize.previews import save_segmentation_comparison, tumour_slice
 
 
 # ---------------------------------------------------------------------------------------------------- metrics

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from brainmvp_components.masking import BlockMasking, fill_masked, num_kept_blocks, random_block_mask
+from brainmvp_components.transforms.masking import BlockMasking, fill_masked, num_kept_blocks, random_block_mask
 
 
 def _block_view(mask: torch.Tensor, block: tuple[int, int, int]) -> torch.Tensor:
@@ -105,7 +105,7 @@ def test_block_masking_module():
 
 @pytest.mark.parametrize("last", [1, 2, 3, 4, 8])
 def test_word_expansion_matches_plain_expansion(last):
-    from brainmvp_components.masking import _blocks_to_voxels
+    from brainmvp_components.transforms.masking import _blocks_to_voxels
 
     masked = torch.rand(3, 2 * 3 * 4) < 0.5
     grid, block = (2, 3, 4), (2, 1, last)

@@ -1,6 +1,6 @@
 import pytest
 
-from brainmvp_components.modalities import (
+from brainmvp_components.data.modalities import (
     CANONICAL_MODALITIES,
     OFFICIAL_TEMPLATE_ORDER,
     UnknownModalityError,

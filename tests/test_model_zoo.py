@@ -175,7 +175,7 @@ def test_verify_net_in_out_and_torchscript(name, bundle_copy, tmp_path):
 
 def test_packaged_release_passes_with_inference_json_alone(tmp_path):
     """A release of quick-trained weights passes the zoo's checks with its own configs, no quick.json."""
-    from brainmvp_components.release import package_bundle
+    from brainmvp_components.weights.release import package_bundle
 
     name = "brainmvp_brats_seg"
     source = REPO / "bundles" / name
@@ -212,8 +212,8 @@ def test_pretrain_inference_writes_features_and_preview(bundle_copy, pretrain_co
     workflow.finalize()
     cases = sorted(p.name for p in pretrain_cohort.iterdir() if p.is_dir())
     assert sorted(p.name[: -len("_features.npz")] for p in output.glob("*_features.npz")) == cases
-    from brainmvp_components.datalist import inference_entries
-    from brainmvp_components.modalities import canonical_modalities
+    from brainmvp_components.data.datalist import inference_entries
+    from brainmvp_components.data.modalities import canonical_modalities
 
     entries = {e["case"]: e for e in inference_entries(None, pretrain_cohort)[0]}
     case = max(cases, key=lambda c: len(entries[c]["modalities"]))

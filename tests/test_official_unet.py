@@ -17,19 +17,18 @@ import pytest
 import torch
 from test_official_weights import reference_value, released_checkpoint
 
-from brainmvp_components.modalities import OFFICIAL_TEMPLATE_ORDER
+from brainmvp_components.data.modalities import OFFICIAL_TEMPLATE_ORDER
 from brainmvp_components.networks import ResUNet, ResUNetEncoder, brainmvp_resunet
-from brainmvp_components.weights import (
+from brainmvp_components.weights.official import (
     CheckpointFormatError,
     check_official_structure,
-    find_pretrained_encoder,
     load_official_unet_checkpoint,
-    load_pretrained_encoder,
     official_checkpoint_variant,
     official_unet_state_dict_shapes,
     prepare_official_checkpoint,
     read_state_dict,
 )
+from brainmvp_components.weights.pretrained import find_pretrained_encoder, load_pretrained_encoder
 
 REFERENCE_DIR = Path(__file__).resolve().parent / "data" / "official_brainmvp"
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "convert_official_checkpoint.py"

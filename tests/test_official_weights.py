@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 import torch
 
-from brainmvp_components.modalities import CANONICAL_MODALITIES, OFFICIAL_TEMPLATE_ORDER
+from brainmvp_components.data.modalities import CANONICAL_MODALITIES, OFFICIAL_TEMPLATE_ORDER
 from brainmvp_components.networks.pretrain import BrainMVPPretrainModel, brainmvp_pretrain_model
 from brainmvp_components.networks.uniformer import uniformer_small, uniformer_tiny
-from brainmvp_components.weights import (
+from brainmvp_components.weights.official import (
     CheckpointFormatError,
     convert_official_checkpoint,
     load_official_checkpoint,
@@ -152,7 +152,7 @@ def test_bare_tiny_official_state_dict(tmp_path):
 
 
 def test_atlas_sized_templates_get_atlas_affine():
-    from brainmvp_components.atlas import BRATS_ATLAS_AFFINE
+    from brainmvp_components.data.atlas import BRATS_ATLAS_AFFINE
 
     np.testing.assert_array_equal(template_grid_affine((240, 240, 155)), BRATS_ATLAS_AFFINE)
     coarse = template_grid_affine((120, 120, 155))
@@ -201,7 +201,7 @@ def test_unknown_and_mismatched_keys_are_rejected(tmp_path):
 
 def test_official_structure_matches_the_authors_key_list():
     """The structure check's expected keys and shapes are exactly the authors' (unused decoder keys aside)."""
-    from brainmvp_components.weights import OFFICIAL_UNUSED_KEYS, official_state_dict_shapes
+    from brainmvp_components.weights.official import OFFICIAL_UNUSED_KEYS, official_state_dict_shapes
 
     reference = json.loads((REFERENCE_DIR / "official_pretrain_state_dict_shapes.json").read_text())
     wanted = {k: tuple(v) for k, v in reference.items() if k != "rep_template" and not OFFICIAL_UNUSED_KEYS.match(k)}
@@ -211,8 +211,8 @@ def test_official_structure_matches_the_authors_key_list():
 def test_prepare_official_checkpoint_converts_once_and_checks_structure(official_file, tmp_path):
     """large_files.yml fetches the authors' file without a hash: first use checks keys and shapes, converts,
     and later uses reuse the conversion; a file of the wrong structure is refused, naming the key."""
-    from brainmvp_components.templates import find_templates_dir
-    from brainmvp_components.weights import find_pretrained_encoder, prepare_official_checkpoint
+    from brainmvp_components.weights.official import prepare_official_checkpoint
+    from brainmvp_components.weights.pretrained import find_pretrained_encoder, find_templates_dir
 
     path, state = official_file
     local = tmp_path / "models" / "official" / "BrainMVP_uniformer.pt"

@@ -44,7 +44,7 @@ def _run(command, env, cwd, log: Path, timeout=300) -> str:
 def test_quick_run_exports_models_templates_and_tracking(
     tmp_path, pretrain_cohort, repo_root, python_executable, subprocess_env
 ):
-    from brainmvp_components.atlas import atlas_grid
+    from brainmvp_components.data.atlas import atlas_grid
     from brainmvp_components.networks.pretrain import brainmvp_pretrain_model
 
     root = tmp_path / "bundle"

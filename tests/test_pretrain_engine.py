@@ -10,19 +10,19 @@ import torch
 from ignite.engine import Events
 from monai.data import MetaTensor, list_data_collate
 
-from brainmvp_components.atlas import atlas_grid
-from brainmvp_components.checkpoints import (
-    BestModelSaver,
-    ResumableCheckpoint,
-    atomic_torch_save,
-    checkpoint_path,
-    latest_checkpoint,
-    list_checkpoints,
-)
+from brainmvp_components.data.atlas import atlas_grid
 from brainmvp_components.engines.pretrain import LOSS_KEYS, BrainMVPPretrainTrainer, compute_pretrain_losses
 from brainmvp_components.losses.contrastive import InfoNCELoss
 from brainmvp_components.networks.pretrain import brainmvp_pretrain_model
 from brainmvp_components.transforms.pretrain import NO_PARTNER, SampleModalities, SampleModalitiesd
+from brainmvp_components.utils.writers import atomic_torch_save
+from brainmvp_components.weights.checkpoints import (
+    BestModelSaver,
+    ResumableCheckpoint,
+    checkpoint_path,
+    latest_checkpoint,
+    list_checkpoints,
+)
 
 ROI = (16, 16, 16)
 SPACING = 4.0
@@ -312,7 +312,7 @@ def test_best_model_saver_keeps_the_best_of_a_resumed_run_only(tmp_path):
 
 def test_resume_flag_read_from_the_command_line(tmp_path):
     """``--resume false`` reaches the handler as the string "false": it must start over, not resume."""
-    from brainmvp_components.checkpoints import as_flag
+    from brainmvp_components.utils.misc import as_flag
 
     assert as_flag("false", "resume") is False and as_flag("False", "resume") is False
     assert as_flag("true", "resume") is True and as_flag(True, "resume") is True and as_flag(0, "resume") is False

@@ -6,11 +6,11 @@ import pytest
 import torch
 from monai.data import MetaTensor, list_data_collate
 
-from brainmvp_components.atlas import atlas_grid
+from brainmvp_components.data.atlas import atlas_grid
 from brainmvp_components.engines.pretrain import BrainMVPPretrainTrainer, compute_pretrain_losses
 from brainmvp_components.losses.contrastive import InfoNCELoss
-from brainmvp_components.masking import random_block_mask
 from brainmvp_components.networks.pretrain import brainmvp_pretrain_model
+from brainmvp_components.transforms.masking import random_block_mask
 
 ROI = (16, 16, 16)
 SPACING = 4.0

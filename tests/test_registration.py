@@ -11,7 +11,7 @@ import torch
 from inference_data import MODALITIES, files_of, mean_templates, moved_copy
 from monai.data import MetaTensor
 
-from brainmvp_components.registration import (
+from brainmvp_components.transforms.registration import (
     TemplateRegistration,
     foreground_coverage,
     foreground_mask,
@@ -94,7 +94,7 @@ def test_atlas_frame_cases_keep_the_fast_path(brats_cohort, templates):
 
 
 def test_atlas_frame_detection():
-    from brainmvp_components.atlas import atlas_grid
+    from brainmvp_components.data.atlas import atlas_grid
 
     for spacing in (1.0, 2.0, 4.0):
         shape, affine = atlas_grid(spacing)

@@ -22,7 +22,7 @@ import yaml
 from monai.apps.utils import HashCheckError
 from monai.bundle import ConfigParser, download, download_large_files
 
-from brainmvp_components.release import package_bundle
+from brainmvp_components.weights.release import package_bundle
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLES = ["brainmvp_pretrain", "brainmvp_brats_seg", "brainmvp_adni_cls"]
@@ -36,8 +36,8 @@ QUICK_NETWORK = {
 def _fake_training_run(name: str, root: Path) -> Path:
     """What a quick training run leaves under its bundle_root: models/model.pt (tiny network), the encoder of the
     pre-training model, and templates (zero-initialised ones on a coarse atlas grid)."""
-    from brainmvp_components.atlas import atlas_grid
-    from brainmvp_components.templates import ModalityTemplates
+    from brainmvp_components.data.atlas import atlas_grid
+    from brainmvp_components.networks.templates import ModalityTemplates
 
     configs = REPO / "bundles" / name / "configs"
     parser = ConfigParser()

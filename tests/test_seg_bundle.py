@@ -38,9 +38,9 @@ def _run(bundle: Path, configs: list[str], env, python, overrides: dict, timeout
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, brats_cohort, subprocess_env, python_executable):
     """One quick training run: tiny UniUNet, pre-trained encoder and templates in the pre-training formats."""
-    from brainmvp_components.atlas import atlas_grid
+    from brainmvp_components.data.atlas import atlas_grid
+    from brainmvp_components.networks.templates import ModalityTemplates
     from brainmvp_components.networks.uniformer import uniformer_tiny
-    from brainmvp_components.templates import ModalityTemplates
 
     root = tmp_path_factory.mktemp("seg")
     bundle = root / "brainmvp_brats_seg"

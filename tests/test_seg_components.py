@@ -10,9 +10,9 @@ from monai.data import MetaTensor
 from brainmvp_components.engines.consistency import ConsistencyTrainer
 from brainmvp_components.losses.consistency import FeatureConsistencyLoss
 from brainmvp_components.losses.segmentation import DeepSupervisionDiceBCELoss
+from brainmvp_components.networks.templates import ModalityTemplates
 from brainmvp_components.networks.uniformer import uniformer_tiny
 from brainmvp_components.networks.uniunet import UniUNet
-from brainmvp_components.templates import ModalityTemplates
 from brainmvp_components.transforms.templates import (
     ImputeMissingModalitiesd,
     MissingModalitiesError,
@@ -237,7 +237,7 @@ def test_consistency_trainer_without_pair_is_supervised():
 
 
 def test_load_pretrained_encoder_formats(tmp_path):
-    from brainmvp_components.weights import load_pretrained_encoder
+    from brainmvp_components.weights.pretrained import load_pretrained_encoder
 
     source = uniformer_tiny(in_channels=1)
     with torch.no_grad():

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from brainmvp_components.atlas import BRATS_ATLAS_AFFINE, BRATS_ATLAS_SHAPE
-from brainmvp_components.modalities import CANONICAL_MODALITIES, UnknownModalityError, modality_index
-from brainmvp_components.templates import ModalityTemplates
+from brainmvp_components.data.atlas import BRATS_ATLAS_AFFINE, BRATS_ATLAS_SHAPE
+from brainmvp_components.data.modalities import CANONICAL_MODALITIES, UnknownModalityError, modality_index
+from brainmvp_components.networks.templates import ModalityTemplates
 
 SHAPE = (20, 24, 16)
 # an oriented template grid: x flipped, y flipped, 1 mm, arbitrary origin

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from brainmvp_components.modalities import CANONICAL_MODALITIES, modality_from_filename
+from brainmvp_components.data.modalities import CANONICAL_MODALITIES, modality_from_filename
 from brainmvp_components.transforms.io import CaseLoadError, LoadModalitiesd
 from brainmvp_components.transforms.labels import (
     BratsLabelToRegions,

@@ -13,7 +13,8 @@ import torch
 from brainmvp_components.networks.pretrain import brainmvp_pretrain_model
 from brainmvp_components.networks.uniformer import uniformer_tiny
 from brainmvp_components.networks.uniunet import UniUNet, brainmvp_uniunet
-from brainmvp_components.weights import CheckpointFormatError, load_pretrained_encoder
+from brainmvp_components.weights.official import CheckpointFormatError
+from brainmvp_components.weights.pretrained import load_pretrained_encoder
 
 REFERENCE_DIR = Path(__file__).resolve().parent / "data" / "official_brainmvp"
 FINETUNE_JSON = REFERENCE_DIR / "official_finetune_uniunet_state_dict_shapes.json"

@@ -46,9 +46,9 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.utils.data import DataLoader
 
-from brainmvp_components.checkpoints import unwrap_module
 from brainmvp_components.engines.accumulation import accumulation_state
-from brainmvp_components.masking import fill_masked, random_block_mask
+from brainmvp_components.transforms.masking import fill_masked, random_block_mask
+from brainmvp_components.utils.misc import unwrap_module
 
 __all__ = ["LOSS_KEYS", "MAE_FILLS", "OBJECTIVES", "BrainMVPPretrainTrainer", "compute_pretrain_losses"]
 
@@ -107,7 +107,7 @@ def compute_pretrain_losses(
             ``DistributedDataParallel`` (the forward goes through the wrapper, the templates are read from
             ``.module``). ``network(x (N, 1, *roi))`` returns ``(reconstruction (N, 1, *roi), deepest features)``.
         images: ``(B, K, H, W, D)`` crops, ``K`` single-modality targets per case.
-        modality_index: ``(B, K)`` indices into :data:`~brainmvp_components.modalities.CANONICAL_MODALITIES`.
+        modality_index: ``(B, K)`` indices into :data:`~brainmvp_components.data.modalities.CANONICAL_MODALITIES`.
         partner: ``(B, K)`` position (in ``0..K-1``) of each target's cross-modal partner, ``-1`` for none.
         affine: ``(B, 4, 4)`` voxel-to-world affines of the crops (``batch["image"].affine``), or one ``(4, 4)``.
         mask_ratio: fraction of blocks masked.

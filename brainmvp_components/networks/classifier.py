@@ -9,9 +9,7 @@ network serves both protocols: fine-tuning (every weight trains, optionally with
 from __future__ import annotations
 
 import logging
-import os
 import re
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -34,7 +32,7 @@ class BrainMVPClassifier(nn.Module):
         dropout: dropout probability on the pooled features before the head.
 
     Input ``(B, C, H, W, D)``; output logits ``(B, num_classes)``. The encoder is the submodule ``encoder``, so
-    :func:`~brainmvp_components.weights.load_pretrained_encoder` and the consistency trainer's
+    :func:`~brainmvp_components.weights.pretrained.load_pretrained_encoder` and the consistency trainer's
     ``feature_layer="encoder"`` find it by name.
 
     Example::
@@ -80,21 +78,6 @@ class BrainMVPClassifier(nn.Module):
         super().train(mode)
         if self.encoder_frozen:
             self.encoder.eval()
-        return self
-
-    def load_pretrained_encoder(self, path: str | os.PathLike | None) -> BrainMVPClassifier:
-        """Load pre-trained encoder weights from ``path`` when the file exists; returns ``self``.
-
-        ``path`` may be the pre-training bundle's ``models/encoder.pt``, its ``models/model.pt`` or an official
-        BrainMVP checkpoint (see :func:`~brainmvp_components.weights.load_pretrained_encoder`). ``None``, an
-        empty string or a missing file leave the encoder as initialised, with a warning (training from scratch).
-        """
-        if not path or not Path(path).is_file():
-            logger.warning("pre-trained encoder %r not found: the encoder trains from scratch", path)
-            return self
-        from brainmvp_components.weights import load_pretrained_encoder
-
-        load_pretrained_encoder(self, str(path))
         return self
 
     def encoder_stage(self, name: str) -> int:

@@ -4,7 +4,7 @@ Pre-training reconstructs a single-modality crop from a block-masked view of it 
 the learnable modality template, or with another modality of the same case). The decoder deliberately has
 no skip connections, as in the authors' code: every voxel of the reconstruction has to come through the
 deepest features, which are also the features the contrastive loss compares. The masking and filling
-happen outside the network (:mod:`brainmvp_components.masking`, the pre-training engine); the templates
+happen outside the network (:mod:`brainmvp_components.transforms.masking`, the pre-training engine); the templates
 are held here so that one state dict carries everything pre-training learns.
 """
 
@@ -18,8 +18,8 @@ import torch
 from monai.networks.blocks.dynunet_block import UnetOutBlock, get_conv_layer
 from torch import nn
 
-from brainmvp_components.atlas import BRATS_ATLAS_AFFINE, BRATS_ATLAS_SHAPE
-from brainmvp_components.modalities import CANONICAL_MODALITIES
+from brainmvp_components.data.atlas import BRATS_ATLAS_AFFINE, BRATS_ATLAS_SHAPE
+from brainmvp_components.data.modalities import CANONICAL_MODALITIES
 from brainmvp_components.networks.uniformer import UNIFORMER_PRESETS, UniFormer3D
 
 __all__ = ["UpsampleStage", "PretrainDecoder", "BrainMVPPretrainModel", "brainmvp_pretrain_model"]
@@ -60,7 +60,7 @@ class PretrainDecoder(nn.Module):
 
     The authors' decoder object also owns ``decoderN.conv_block.*`` and ``proj1.*`` weights that its
     pre-training forward never uses; they are left out here (so distributed training sees no unused
-    parameters) and :func:`brainmvp_components.weights.load_official_checkpoint` skips them.
+    parameters) and :func:`brainmvp_components.weights.official.load_official_checkpoint` skips them.
 
     Args:
         dims: the encoder's stage widths (``encoder.out_channels``).
@@ -118,7 +118,7 @@ class BrainMVPPretrainModel(nn.Module):
         encoder: a network returning five feature maps ``[x0, ..., x4]`` in the input's axis order
             (:class:`~brainmvp_components.networks.uniformer.UniFormer3D`).
         decoder: maps ``x4`` to the reconstruction (:class:`PretrainDecoder`).
-        templates: a :class:`~brainmvp_components.templates.ModalityTemplates`; not used by :meth:`forward`,
+        templates: a :class:`~brainmvp_components.networks.templates.ModalityTemplates`; not used by :meth:`forward`,
             held so that the pre-training engine crops view fills from it and it trains and saves with the
             model (state-dict key ``templates.weight``).
 
@@ -214,7 +214,7 @@ def brainmvp_pretrain_model(
             without a gradient.
         encoder_kwargs: overrides for :class:`UniFormer3D` (``in_channels`` is fixed to 1).
     """
-    from brainmvp_components.templates import ModalityTemplates
+    from brainmvp_components.networks.templates import ModalityTemplates
 
     if preset not in UNIFORMER_PRESETS:
         raise ValueError(f"unknown UniFormer preset {preset!r}; choose one of {sorted(UNIFORMER_PRESETS)}")

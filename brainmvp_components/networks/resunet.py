@@ -9,7 +9,7 @@ decoder's (additive skips), with two deep-supervision heads as in
 
 Module and parameter names are those of the authors' pre-training model, one level down: their ``conv1a.*`` is
 ``encoder.conv1a.*`` here, their ``up4conva.*`` is ``decoder.up4conva.*`` (the key map of
-:mod:`brainmvp_components.weights`).
+:mod:`brainmvp_components.weights.official`).
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ the last two with global multi-head self-attention. BrainMVP uses its 3-D "small
 
 The layout (module and parameter names) reproduces the authors' checkpoints, so their state dict loads
 after removing the ``encoder.uniformer.`` (pre-training) or ``encoder.`` (fine-tuning) prefix; see
-:mod:`brainmvp_components.weights`. One detail matters for those weights: the authors' encoder works on
+:mod:`brainmvp_components.weights.official`. One detail matters for those weights: the authors' encoder works on
 ``(B, C, D, H, W)`` (the input ``(B, C, H, W, D)`` is permuted first) and the learned kernels are not
 symmetric, so :class:`UniFormer3D` permutes the same way internally and permutes every returned feature
 map back to the input's axis order.

@@ -3,7 +3,7 @@
 The encoder's five feature maps feed a decoder of MONAI ``UnetrUpBlock``s with skip connections; two
 1x1x1 heads on intermediate decoder outputs give deep-supervision logits. Module and parameter names
 follow the authors' fine-tuning network, so a state dict of theirs loads as it is (see
-:mod:`brainmvp_components.weights`).
+:mod:`brainmvp_components.weights.official`).
 """
 
 from __future__ import annotations

@@ -28,8 +28,8 @@ from monai.transforms import MapTransform, Randomizable, RandomizableTransform
 from monai.utils import TransformBackends
 from monai.utils.type_conversion import convert_to_dst_type
 
-from brainmvp_components.masking import fill_masked, random_block_mask
-from brainmvp_components.templates import ModalityTemplates
+from brainmvp_components.networks.templates import ModalityTemplates
+from brainmvp_components.transforms.masking import fill_masked, random_block_mask
 from brainmvp_components.transforms.templates import foreground_of, load_frozen_templates
 
 __all__ = ["RandTemplateBlockFill", "RandTemplateBlockFilld"]
@@ -39,14 +39,16 @@ class RandTemplateBlockFill(RandomizableTransform):
     """Fill a random fraction of an image's blocks with the co-located template of each channel's modality.
 
     With probability ``prob``, each channel of ``img (C, H, W, D)`` gets its own random block mask (exactly
-    ``N - floor(N (1 - r))`` of its ``N`` blocks, :func:`~brainmvp_components.masking.random_block_mask`), and
+    ``N - floor(N (1 - r))`` of its ``N`` blocks, :func:`~brainmvp_components.transforms.masking.random_block_mask`),
+    and
     its masked voxels are replaced by the template of the channel's modality resampled on the image's grid
-    (:meth:`~brainmvp_components.templates.ModalityTemplates.resample_rows`, in [0, 1] like the percentile-scaled
+    (:meth:`~brainmvp_components.networks.templates.ModalityTemplates.resample_rows`, in [0, 1] like the
+    percentile-scaled
     images, zero outside the image's foreground). Other voxels are untouched. Sides that are not multiples of the block
     size end in partial blocks.
 
     Args:
-        templates: :class:`~brainmvp_components.templates.ModalityTemplates`, or the folder of the pre-training
+        templates: :class:`~brainmvp_components.networks.templates.ModalityTemplates`, or the folder of the pre-training
             bundle's ``template_<modality>.nii.gz`` files (see
             :func:`~brainmvp_components.transforms.templates.load_frozen_templates`). ``None`` or a folder without
             templates makes the transform an identity, with a warning, so a bundle still trains without

@@ -1,6 +1,6 @@
 """Loading a case's modalities into channels, keeping their canonical names.
 
-Every file is checked as strictly as :func:`brainmvp_components.datalist.verify_case` checks a data set (the
+Every file is checked as strictly as :func:`brainmvp_components.data.datalist.verify_case` checks a data set (the
 same functions do it): its dimensionality as stored, before any channel conversion; finite values; not a
 constant image; a valid affine; every channel on one grid. A failed check raises :class:`CaseLoadError`, whose
 ``problems`` name the case, the file and what is wrong.
@@ -19,7 +19,7 @@ from monai.data import MetaTensor
 from monai.transforms import EnsureChannelFirst, LoadImage, MapTransform, Transform
 from monai.utils import TransformBackends
 
-from brainmvp_components.datalist import (
+from brainmvp_components.data.datalist import (
     AFFINE_TOLERANCE,
     DatasetProblem,
     case_id_from_path,
@@ -27,7 +27,7 @@ from brainmvp_components.datalist import (
     grid_problem,
     volume_problems,
 )
-from brainmvp_components.modalities import CANONICAL_MODALITIES, UnknownModalityError, canonical_modalities
+from brainmvp_components.data.modalities import CANONICAL_MODALITIES, UnknownModalityError, canonical_modalities
 
 __all__ = ["CASE_ID_KEY", "CaseLoadError", "LoadModalities", "LoadModalitiesd"]
 
@@ -39,7 +39,7 @@ class CaseLoadError(ValueError):
     """A case's files cannot be loaded as one multi-channel volume.
 
     Args:
-        problems: what is wrong, each naming the case and the file (:class:`~brainmvp_components.datalist.
+        problems: what is wrong, each naming the case and the file (:class:`~brainmvp_components.data.datalist.
             DatasetProblem`), or one message.
         case, file: the case and file of a single ``message``.
 
@@ -59,13 +59,13 @@ class LoadModalities(Transform):
 
     A case is either a list of per-modality 3-D files (one channel each) or one 4-D multi-channel file
     (how MONAI Label hands images over). ``names`` gives the modality of each file or channel (any
-    alias from :mod:`brainmvp_components.modalities`).
+    alias from :mod:`brainmvp_components.data.modalities`).
 
     Each file's shape is checked as stored, before channel conversion (a 4-D file listed as one modality is an
     error, not three scrambled channels), then each channel's values (finite, not constant) and every file's
-    grid against the first (:func:`~brainmvp_components.datalist.file_shape_problem`,
-    :func:`~brainmvp_components.datalist.volume_problems`, :func:`~brainmvp_components.datalist.grid_problem`,
-    the checks :func:`~brainmvp_components.datalist.verify_case` applies to a data set).
+    grid against the first (:func:`~brainmvp_components.data.datalist.file_shape_problem`,
+    :func:`~brainmvp_components.data.datalist.volume_problems`, :func:`~brainmvp_components.data.datalist.grid_problem`,
+    the checks :func:`~brainmvp_components.data.datalist.verify_case` applies to a data set).
 
     Args:
         modalities: the channels wanted, in order (the model's input order). ``None`` keeps the case's
@@ -184,10 +184,10 @@ class LoadModalitiesd(MapTransform):
 
     Reads ``data[key]`` (a list of files or one 4-D file) and ``data[modalities_key]`` (their modality
     names). Writes the image to ``data[key]``, the canonical channel names to ``data[modalities_key]``,
-    the channels' indices into :data:`~brainmvp_components.modalities.CANONICAL_MODALITIES` to
+    the channels' indices into :data:`~brainmvp_components.data.modalities.CANONICAL_MODALITIES` to
     ``data["modality_index"]`` (``LongTensor (C,)``) and the absent wanted modalities to
     ``data["missing_modalities"]``. The case is ``data["case"]`` when present, else it is named after the file
-    (:func:`~brainmvp_components.datalist.case_id_from_path`); it is named in errors and stored in the image's
+    (:func:`~brainmvp_components.data.datalist.case_id_from_path`); it is named in errors and stored in the image's
     ``meta["case_id"]``, after which outputs are named.
 
     Args:

@@ -15,7 +15,7 @@ from monai.config import KeysCollection, NdarrayOrTensor
 from monai.transforms import ConvertToMultiChannelBasedOnBratsClasses, MapTransform, Transform
 from monai.utils import TransformBackends, convert_to_dst_type
 
-from brainmvp_components.brats import (
+from brainmvp_components.data.brats import (
     BRATS_CONVENTIONS,
     NECROSIS_LABEL,
     OEDEMA_LABEL,

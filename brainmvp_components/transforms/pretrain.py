@@ -18,7 +18,7 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform, Randomizable, Transform
 from monai.utils import TransformBackends
 
-from brainmvp_components.modalities import CANONICAL_MODALITIES
+from brainmvp_components.data.modalities import CANONICAL_MODALITIES
 
 __all__ = ["NO_PARTNER", "SampleModalities", "SampleModalitiesd"]
 
@@ -43,7 +43,7 @@ class SampleModalities(Randomizable, Transform):
     Call arguments:
         img: ``(C, H, W, D)`` image (a ``MetaTensor`` keeps its affine and metadata).
         modality_index: ``(C,)`` indices of the channels' modalities in
-            :data:`~brainmvp_components.modalities.CANONICAL_MODALITIES`.
+            :data:`~brainmvp_components.data.modalities.CANONICAL_MODALITIES`.
 
     Returns:
         ``(image (K, H, W, D), modality_index LongTensor (K,), partner LongTensor (K,))``.

@@ -10,10 +10,10 @@ Two uses of the frozen templates that pre-training distils (one volume per modal
 - :class:`ImputeMissingModalities` / :class:`ImputeMissingModalitiesd` (inference): fill the channels of
   modalities a case lacks (listed by :class:`~brainmvp_components.transforms.io.LoadModalitiesd` in
   ``data["missing_modalities"]``) with their templates, registered to the case with ITK unless it is already
-  in the templates' atlas frame (:mod:`brainmvp_components.registration`), resampled to the case grid;
+  in the templates' atlas frame (:mod:`brainmvp_components.transforms.registration`), resampled to the case grid;
   :class:`SaveModalityRecordd` then records next to each saved prediction which modalities were imputed.
 
-Both take the templates as a :class:`~brainmvp_components.templates.ModalityTemplates`, or a directory of
+Both take the templates as a :class:`~brainmvp_components.networks.templates.ModalityTemplates`, or a directory of
 ``template_<modality>.nii.gz`` files (the pre-training bundle's ``models/templates``); see
 :func:`load_frozen_templates`.
 """
@@ -32,7 +32,7 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform, Randomizable, Transform
 from monai.utils import TransformBackends
 
-from brainmvp_components.modalities import canonical_modalities, canonical_modality
+from brainmvp_components.data.modalities import canonical_modalities, canonical_modality
 
 __all__ = [
     "load_frozen_templates",
@@ -56,7 +56,7 @@ class MissingModalitiesError(ValueError):
 
 
 def load_frozen_templates(templates, required: Sequence[str] | None = None, purpose: str = "template augmentation"):
-    """Return frozen :class:`~brainmvp_components.templates.ModalityTemplates`, or ``None`` with a warning.
+    """Return frozen :class:`~brainmvp_components.networks.templates.ModalityTemplates`, or ``None`` with a warning.
 
     Args:
         templates: a ``ModalityTemplates`` instance, a directory holding ``template_<modality>.nii.gz`` files
@@ -67,7 +67,7 @@ def load_frozen_templates(templates, required: Sequence[str] | None = None, purp
     Returns:
         the templates with gradients disabled, or ``None`` when ``templates`` is ``None`` or a missing directory.
     """
-    from brainmvp_components.templates import ModalityTemplates
+    from brainmvp_components.networks.templates import ModalityTemplates
 
     if templates is None or isinstance(templates, ModalityTemplates):
         loaded = templates
@@ -150,7 +150,7 @@ class RandTemplateReplace(Randomizable, Transform):
     Per call, ``k`` is drawn uniformly from ``0 .. min(max_replace, C - 1)`` (so at least one real channel
     always remains) and ``k`` distinct channels are chosen uniformly; each is overwritten by its template
     resampled at the physical voxel centres of the input (its affine), scaled to [0, 1] by the template's fixed
-    intensity window (:meth:`~brainmvp_components.templates.ModalityTemplates.resample_rows`) and set to zero
+    intensity window (:meth:`~brainmvp_components.networks.templates.ModalityTemplates.resample_rows`) and set to zero
     outside the foreground of the channels that stay real (:func:`foreground_of`), as a percentile-scaled image
     is. Apply it before intensity augmentation, which may shift the background away from zero.
 
@@ -297,9 +297,10 @@ class ImputeMissingModalities(Transform):
     """Fill the channels of missing modalities with their frozen templates, registered to the case.
 
     The templates live in the BraTS/SRI24 atlas frame. A case in that frame (its grid covers the atlas field of
-    view in the atlas orientation, :func:`~brainmvp_components.registration.in_atlas_frame`) takes them by world
+    view in the atlas orientation, :func:`~brainmvp_components.transforms.registration.in_atlas_frame`) takes them by
+    world
     coordinates, as before. Any other case first gets an affine registration with ITK
-    (:func:`~brainmvp_components.registration.register_to_template`: Mattes mutual information, from the
+    (:func:`~brainmvp_components.transforms.registration.register_to_template`: Mattes mutual information, from the
     template of a modality the case has to that modality's channel; when the case has no such modality, the
     first template to the first present channel), and the missing modalities' templates are then resampled
     through that transform onto the case's grid. Should ITK fail, the centres of mass and sizes are aligned
@@ -310,7 +311,8 @@ class ImputeMissingModalities(Transform):
             warning says so.
         modalities: the modality of each input channel, in channel order (the model's input order).
         registration: ``"auto"``, ``"always"`` or ``"never"`` (see :data:`REGISTRATION_MODES`).
-        registration_kwargs: passed to :func:`~brainmvp_components.registration.register_to_template` (levels,
+        registration_kwargs: passed to :func:`~brainmvp_components.transforms.registration.register_to_template`
+        (levels,
             iterations, sampling).
         min_coverage: warn when the imputed channels cover less than this fraction of the case's foreground.
 
@@ -320,7 +322,8 @@ class ImputeMissingModalities(Transform):
     ``case`` when every channel is missing. ``meta["missing_modalities"]`` lists the placeholders (imputed
     or, without templates, left zero), comma-separated like ``imputed_modalities``; ``meta["template_registration"]``
     holds the placement record as JSON (:meth:`TemplateRegistration.as_record
-    <brainmvp_components.registration.TemplateRegistration.as_record>` plus ``quality.coverage``, the fraction
+    <brainmvp_components.transforms.registration.TemplateRegistration.as_record>` plus ``quality.coverage``, the
+    fraction
     of the case's foreground the imputed channels cover), ``""`` when nothing was imputed. The last record is
     also in :attr:`last_registration`.
     """
@@ -345,8 +348,9 @@ class ImputeMissingModalities(Transform):
         self.last_registration: dict | None = None
 
     def place(self, img: torch.Tensor, present: Sequence[str], case: str = "the case"):
-        """The :class:`~brainmvp_components.registration.TemplateRegistration` placing the templates on ``img``."""
-        from brainmvp_components.registration import (
+        """The :class:`~brainmvp_components.transforms.registration.TemplateRegistration` placing the templates on
+        ``img``."""
+        from brainmvp_components.transforms.registration import (
             RegistrationError,
             TemplateRegistration,
             in_atlas_frame,
@@ -373,7 +377,7 @@ class ImputeMissingModalities(Transform):
             return moments_alignment(channel, affine, template, template_affine, fixed, moving)
 
     def __call__(self, img: torch.Tensor, missing: Sequence[str] = (), case: str | None = None) -> torch.Tensor:
-        from brainmvp_components.registration import foreground_coverage, foreground_mask
+        from brainmvp_components.transforms.registration import foreground_coverage, foreground_mask
 
         missing = [canonical_modality(m) for m in missing]
         name = case or "the case"
@@ -557,7 +561,7 @@ class SaveModalityRecordd(MapTransform):
 
         import nibabel as nib
 
-        from brainmvp_components.reports import atomic_write
+        from brainmvp_components.utils.writers import atomic_write
 
         if not imputed or not isinstance(image, MetaTensor):
             return {}
@@ -571,9 +575,9 @@ class SaveModalityRecordd(MapTransform):
         return files
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
-        from brainmvp_components.datalist import case_id_from_path
-        from brainmvp_components.modalities import strip_nifti_suffix
-        from brainmvp_components.reports import write_json
+        from brainmvp_components.data.datalist import case_id_from_path
+        from brainmvp_components.data.modalities import strip_nifti_suffix
+        from brainmvp_components.utils.writers import write_json
 
         d = dict(data)
         for key in self.key_iterator(d):

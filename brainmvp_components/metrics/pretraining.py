@@ -27,10 +27,10 @@ import torch
 from monai.transforms import LoadImage, Orientation, ScaleIntensityRangePercentiles, SpatialResample
 from torch import nn
 
-from brainmvp_components.checkpoints import unwrap_module
+from brainmvp_components.data.modalities import canonical_modality
 from brainmvp_components.engines.pretrain import compute_pretrain_losses
-from brainmvp_components.modalities import canonical_modality
-from brainmvp_components.reports import write_json
+from brainmvp_components.utils.misc import unwrap_module
+from brainmvp_components.utils.writers import write_json
 
 __all__ = [
     "cohort_mean_images",
@@ -110,7 +110,8 @@ def template_correlations(
     """Pearson ``r`` inside the brain between each template and the cohort mean of its modality.
 
     Args:
-        templates: a :class:`~brainmvp_components.templates.ModalityTemplates` (or a folder of exported templates).
+        templates: a :class:`~brainmvp_components.networks.templates.ModalityTemplates` (or a folder of exported
+        templates).
         cases: datalist entries of the cohort (``image``, ``modalities``).
         modalities: which templates to score; default every template that some case has.
         brain_threshold: the brain is where the cohort mean of the modality exceeds this (images in [0, 1]).
@@ -118,7 +119,7 @@ def template_correlations(
     Returns:
         ``{modality: r}`` in the templates' order.
     """
-    from brainmvp_components.templates import ModalityTemplates
+    from brainmvp_components.networks.templates import ModalityTemplates
 
     if isinstance(templates, (str, os.PathLike)):
         templates = ModalityTemplates.from_nifti_dir(templates)

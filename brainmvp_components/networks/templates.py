@@ -26,44 +26,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from brainmvp_components.atlas import BRATS_ATLAS_AFFINE, BRATS_ATLAS_SHAPE
-from brainmvp_components.modalities import (
+from brainmvp_components.data.atlas import BRATS_ATLAS_AFFINE, BRATS_ATLAS_SHAPE
+from brainmvp_components.data.modalities import (
     CANONICAL_MODALITIES,
     UnknownModalityError,
     canonical_modalities,
     canonical_modality,
     strip_nifti_suffix,
 )
-from brainmvp_components.reports import atomic_write
+from brainmvp_components.utils.writers import atomic_write
 
-__all__ = ["ModalityTemplates", "find_templates_dir"]
+__all__ = ["ModalityTemplates"]
 
 logger = logging.getLogger(__name__)
 
 MONTAGE_NAME = "templates.png"
-
-
-def find_templates_dir(*candidates: str | os.PathLike | None) -> str | None:
-    """The first of ``candidates`` that holds ``template_<modality>.nii[.gz]`` files (directly or in a
-    ``templates`` sub-folder), else the last folder candidate, so that the caller's warning names a folder.
-
-    The downstream bundles look in their own ``models/templates`` first (a packaged release carries its templates
-    there), then beside the pre-training bundle (``../brainmvp_pretrain/models/templates``), then in the authors'
-    checkpoint ``models/official/BrainMVP_uniformer.pt`` when downloaded: a candidate that is a file is taken as
-    that checkpoint and converted on first use
-    (:func:`~brainmvp_components.weights.prepare_official_checkpoint`).
-    """
-    chosen = [c for c in candidates if c is not None]
-    for candidate in chosen:
-        folder = Path(candidate)
-        if folder.is_file():  # the authors' checkpoint: its templates, converted on first use
-            from brainmvp_components.weights import prepare_official_checkpoint
-
-            return str(prepare_official_checkpoint(folder) / "templates")
-        if any(folder.glob("template_*.nii*")) or any((folder / "templates").glob("template_*.nii*")):
-            return str(candidate)
-    folders = [c for c in chosen if not Path(c).suffix == ".pt"]
-    return str((folders or chosen)[-1]) if chosen else None
 
 
 def _plain(value) -> torch.Tensor:
@@ -80,7 +57,7 @@ class ModalityTemplates(nn.Module):
 
     Args:
         modalities: names of the templates (any alias; stored canonical), default all of
-            :data:`~brainmvp_components.modalities.CANONICAL_MODALITIES`.
+            :data:`~brainmvp_components.data.modalities.CANONICAL_MODALITIES`.
         spatial_shape: template grid shape ``(H, W, D)``, default the BraTS/SRI24 atlas (240, 240, 155).
         affine: 4 x 4 voxel-to-world affine of the template grid, default the BraTS atlas affine.
         eps: range below which a crop counts as constant in the min-max normalisation.
@@ -128,7 +105,7 @@ class ModalityTemplates(nn.Module):
         """Rows of :attr:`weight` for modality names (any alias) or canonical-table indices.
 
         ``modalities`` may be names (``["t1ce", "flair"]``) or integer indices into
-        :data:`~brainmvp_components.modalities.CANONICAL_MODALITIES` (e.g. a batch's ``modality_index``), of
+        :data:`~brainmvp_components.data.modalities.CANONICAL_MODALITIES` (e.g. a batch's ``modality_index``), of
         any shape. Returns a ``LongTensor`` of the same shape on the templates' device.
 
         Raises:
@@ -318,7 +295,7 @@ class ModalityTemplates(nn.Module):
 
         Each file is written to a temporary name and moved into place, so readers never see a partial file.
         With ``montage=True`` a PNG preview ``templates.png`` is written next to them when
-        ``brainmvp_components.visualisation`` is available (skipped with a warning otherwise).
+        ``brainmvp_components.visualize.previews`` is available (skipped with a warning otherwise).
 
         Returns:
             The NIfTI paths, in the order of :attr:`modalities`.
@@ -337,7 +314,7 @@ class ModalityTemplates(nn.Module):
             paths.append(atomic_write(path, partial(nib.save, image), suffix=".nii.gz"))
         if montage:
             try:
-                from brainmvp_components.visualisation import save_template_montage
+                from brainmvp_components.visualize.previews import save_template_montage
             except ImportError as err:
                 warnings.warn(f"template montage skipped: {err}", stacklevel=2)
             else:

@@ -1,6 +1,6 @@
 """Affine registration of the distilled modality templates to a case, with ITK.
 
-The templates live in the BraTS/SRI24 atlas frame (:mod:`brainmvp_components.atlas`). A case registered to that
+The templates live in the BraTS/SRI24 atlas frame (:mod:`brainmvp_components.data.atlas`). A case registered to that
 frame can take its templates by world coordinates; any other scan (an MNI-frame image, a patient's native scan)
 first needs the transform between the two frames. :func:`register_to_template` estimates it: an affine
 registration (12 degrees of freedom) of one template to one channel of the case, by Mattes mutual information,
@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from brainmvp_components.atlas import BRATS_ATLAS_AFFINE, BRATS_ATLAS_SHAPE
+from brainmvp_components.data.atlas import BRATS_ATLAS_AFFINE, BRATS_ATLAS_SHAPE
 
 __all__ = [
     "TemplateRegistration",

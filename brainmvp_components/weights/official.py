@@ -1,11 +1,11 @@
-"""Pre-trained weights: the authors' published checkpoint, its conversion, and encoder loading downstream.
+"""The authors' published checkpoints: reading, structure checks and conversion to this project's formats.
 
 Three file formats meet here:
 
 - the authors' release ``BrainMVP_uniformer.pt``: ``{"state_dict": ..., "optimizer": ..., "scheduler": ...,
   "current_epoch": ..., "val_best": ...}`` (or a bare state dict), keys possibly prefixed ``module.``;
   ``encoder.uniformer.*`` (UniFormer-S), ``decoder.*`` and ``rep_template`` (the distilled templates,
-  ``(8, 240, 240, 155)`` in the order :data:`~brainmvp_components.modalities.OFFICIAL_TEMPLATE_ORDER`);
+  ``(8, 240, 240, 155)`` in the order :data:`~brainmvp_components.data.modalities.OFFICIAL_TEMPLATE_ORDER`);
 - the authors' ``BrainMVP_unet.pt``, wrapped the same way: the UNet variant's modules at the top level
   (``conv1a.*`` ... ``conv4d.*``, ``up4conva.*`` ... ``up1conv.*``) and ``rep_template``; it maps onto
   :class:`~brainmvp_components.networks.resunet.ResUNet` by prefixing ``encoder.`` / ``decoder.``;
@@ -27,14 +27,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
-from brainmvp_components.atlas import BRATS_ATLAS_AFFINE, BRATS_ATLAS_SHAPE
-from brainmvp_components.checkpoints import atomic_torch_save
-from brainmvp_components.modalities import CANONICAL_MODALITIES, OFFICIAL_TEMPLATE_ORDER
+from brainmvp_components.data.atlas import BRATS_ATLAS_AFFINE, BRATS_ATLAS_SHAPE
+from brainmvp_components.data.modalities import CANONICAL_MODALITIES, OFFICIAL_TEMPLATE_ORDER
 from brainmvp_components.networks.pretrain import BrainMVPPretrainModel, PretrainDecoder
 from brainmvp_components.networks.resunet import ResUNet, ResUNetDecoder, ResUNetEncoder
 from brainmvp_components.networks.uniformer import UniFormer3D
+from brainmvp_components.utils.writers import atomic_torch_save
 
 __all__ = [
     "CheckpointFormatError",
@@ -43,12 +42,10 @@ __all__ = [
     "official_to_model_state_dict",
     "load_official_checkpoint",
     "convert_official_checkpoint",
-    "load_pretrained_encoder",
     "template_grid_affine",
     "official_state_dict_shapes",
     "check_official_structure",
     "prepare_official_checkpoint",
-    "find_pretrained_encoder",
     "official_checkpoint_variant",
     "official_unet_state_dict_shapes",
     "official_unet_to_network_state_dict",
@@ -72,12 +69,9 @@ OFFICIAL_UNET_DECODER_MODULES = tuple(
     if next(module.parameters(), None) is not None
 )
 """Top-level modules of the authors' UNet checkpoint that belong to the decoder (``up4conva`` ... ``up1conv``)."""
-_UNET_MARKERS = ("conv1a.weight", "up1conv.weight")
+UNET_MARKERS = ("conv1a.weight", "up1conv.weight")
 
 _CONTAINER_KEYS = ("state_dict", "model", "network", "net")
-_ENCODER_STEMS = ("patch_embed1.proj.", "conv1a.")
-_DECODER_STEM = "decoder.proj1.proj."
-_HEAD_PREFIXES = ("decoder.out.", "ms_out.", "decoder.up1conv.")
 
 
 class CheckpointFormatError(ValueError):
@@ -240,7 +234,7 @@ def _official_model_from_state(
     state: Mapping[str, torch.Tensor], source: str, head_dim: int = 64
 ) -> BrainMVPPretrainModel:
     """:func:`load_official_checkpoint` on a state dict already read from ``source``."""
-    from brainmvp_components.templates import ModalityTemplates
+    from brainmvp_components.networks.templates import ModalityTemplates
 
     mapped, modalities, skipped = official_to_model_state_dict(state, source)
     encoder_state = {k[len("encoder.") :]: v for k, v in mapped.items() if k.startswith("encoder.")}
@@ -333,7 +327,7 @@ def official_unet_state_dict_shapes(init_channels: int = 32, in_channels: int = 
 
 def _official_templates(template: torch.Tensor, source: str):
     """The authors' ``rep_template`` ``(M, H, W, D)`` as :class:`ModalityTemplates` in canonical order."""
-    from brainmvp_components.templates import ModalityTemplates
+    from brainmvp_components.networks.templates import ModalityTemplates
 
     if template.ndim != 4:
         raise CheckpointFormatError(f"{source}: rep_template should be (M, H, W, D), got {tuple(template.shape)}")
@@ -387,7 +381,8 @@ def load_official_unet_checkpoint(path: str | os.PathLike, map_location: str | t
     deep-supervision heads, sized from the file (input channels, width, output channels): its forward is the
     authors' pre-training reconstruction, ``(B, 1, H, W, D) -> (B, 1, H, W, D)``, and ``network.encoder``
     returns their features (``c4``, ``(B, 8C, H/8, W/8, D/8)``, the deepest). Every weight is loaded strictly.
-    ``rep_template``, when present, becomes :class:`~brainmvp_components.templates.ModalityTemplates` in canonical
+    ``rep_template``, when present, becomes :class:`~brainmvp_components.networks.templates.ModalityTemplates` in
+    canonical
     order on the atlas grid, as for the UniFormer checkpoint.
 
     Returns:
@@ -471,127 +466,6 @@ def convert_official_checkpoint(
     return written
 
 
-def _split_source(state: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], str]:
-    """Encoder weights (the encoder's key names), the other weights (network key names where known, else as named
-    in the file) and the format name."""
-    if all(k in state for k in _UNET_MARKERS):
-        mapped, other = official_unet_to_network_state_dict(state)
-        encoder = {k[len("encoder.") :]: v for k, v in mapped.items() if k.startswith("encoder.")}
-        rest = {**{k: v for k, v in mapped.items() if not k.startswith("encoder.")}, **other}
-        return encoder, rest, "official UNet pre-training checkpoint"
-    for prefix, file_format in (
-        (OFFICIAL_ENCODER_PREFIX, "official pre-training checkpoint"),
-        ("encoder.", "network state dict with an encoder"),
-    ):
-        if any(k.startswith(prefix) for k in state):
-            encoder = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-            rest = {k: v for k, v in state.items() if not k.startswith(prefix)}
-            return encoder, rest, file_format
-    return dict(state), {}, "encoder state dict"
-
-
-def load_pretrained_encoder(
-    network: nn.Module,
-    path: str | os.PathLike,
-    strict_stem: bool = False,
-    include_decoder: bool = False,
-    map_location: str | torch.device = "cpu",
-) -> dict[str, list[str]]:
-    """Load pre-trained encoder weights into ``network.encoder`` (or into ``network`` if it has no ``encoder``).
-
-    Accepted files: an ``encoder.pt`` (plain :class:`UniFormer3D` or :class:`ResUNetEncoder` state dict), a
-    pre-training ``model.pt``, the authors' pre-training checkpoints (UniFormer or UNet variant), or any state
-    dict with ``encoder.*`` keys (the authors' fine-tuned UniUNet, a UniUNet, ResUNet or classifier of this
-    project).
-
-    The input stem adapts to the channel count: when ``patch_embed1.proj.weight`` (UniFormer) or
-    ``conv1a.weight`` (ResUNet) differs in shape (a single-channel pre-trained stem, a four-modality network),
-    that stem is left as initialised in ``network`` (as the authors do) unless ``strict_stem``. Any other shape
-    mismatch is an error.
-
-    With ``include_decoder=True``, the file's non-encoder weights whose names exist in ``network`` are loaded
-    too, as the authors' fine-tuning does (the pre-trained ``decoderN.transp_conv`` weights fit UniUNet, the
-    UNet variant's ``decoder.*`` fit ResUNet); there ``decoder.proj1.proj.*`` is the stem of the skip path and
-    the output heads (``decoder.out.*``, ``decoder.up1conv.*``, ``ms_out.*``) may differ in class count: on a
-    shape mismatch they are left as initialised.
-
-    Args:
-        network: a network with an ``encoder`` attribute (UniUNet, classifier, pre-training model) or an encoder.
-        path: the weights file.
-        strict_stem: raise instead of re-initialising a stem whose channel count differs.
-        include_decoder: also load matching non-encoder weights (see above).
-        map_location: passed to ``torch.load``.
-
-    Returns:
-        ``{"loaded": [...], "reinitialised": [...], "missing": [...], "unused": [...]}``, key names as in
-        ``network.state_dict()`` (``unused``: the file's keys that found no place). The lists are logged.
-
-    Raises:
-        CheckpointFormatError: no encoder weight of the file fits the network.
-        ValueError: a shape mismatch outside the stem (and heads); the message names the key and both shapes.
-    """
-    source = str(path)
-    state = read_state_dict(path, map_location)
-    encoder_state, rest, file_format = _split_source(state)
-    target = network.encoder if isinstance(getattr(network, "encoder", None), nn.Module) else network
-    prefix = "encoder." if target is not network else ""
-    expected = network.state_dict()
-
-    candidates = {prefix + k: v for k, v in encoder_state.items()}
-    scope = [k for k in expected if k.startswith(prefix)]
-    if include_decoder:
-        candidates.update(rest)
-        scope = list(expected)
-
-    reinit_groups = []
-    for group in (*(prefix + stem for stem in _ENCODER_STEMS), _DECODER_STEM):
-        weight = group + "weight"
-        if weight in candidates and weight in expected and candidates[weight].shape != expected[weight].shape:
-            if strict_stem:
-                raise ValueError(
-                    f"{source}: input stem {weight} has shape {tuple(candidates[weight].shape)} in the file but "
-                    f"{tuple(expected[weight].shape)} in the network (strict_stem=True)"
-                )
-            reinit_groups.append(group)
-
-    loaded: dict[str, torch.Tensor] = {}
-    reinitialised, unused = [], []
-    for key, value in candidates.items():
-        if key not in expected:
-            unused.append(key)
-        elif any(key.startswith(group) for group in reinit_groups):
-            reinitialised.append(key)
-        elif value.shape != expected[key].shape:
-            if include_decoder and key.startswith(_HEAD_PREFIXES):
-                reinitialised.append(key)
-                continue
-            raise ValueError(
-                f"{source}: shape mismatch for {key}: file {tuple(value.shape)} vs network {tuple(expected[key].shape)}"
-            )
-        else:
-            loaded[key] = value
-    if not any(k.startswith(prefix) for k in loaded):
-        raise CheckpointFormatError(
-            f"{source}: no encoder weight of this {file_format} fits {type(target).__name__} "
-            f"(file keys like {list(encoder_state)[:3]}, network keys like {scope[:3]})"
-        )
-    network.load_state_dict(loaded, strict=False)
-    missing = [k for k in scope if k not in loaded and k not in reinitialised]
-    summary = {"loaded": list(loaded), "reinitialised": reinitialised, "missing": missing, "unused": unused}
-    logger.info(
-        "%s (%s): loaded %d tensors into %s; re-initialised %s; missing %s; unused %d",
-        source,
-        file_format,
-        len(loaded),
-        type(network).__name__,
-        reinitialised,
-        missing,
-        len(unused),
-    )
-    logger.debug("unused keys of %s: %s", source, unused)
-    return summary
-
-
 OFFICIAL_TEMPLATE_ROWS = len(OFFICIAL_TEMPLATE_ORDER)
 CONVERTED_SUFFIX = "_converted"
 """The conversion of an official checkpoint ``X.pt`` lives in ``X_converted/`` beside it."""
@@ -663,7 +537,7 @@ def prepare_official_checkpoint(path: str | os.PathLike, out_dir: str | os.PathL
     """
     import json
 
-    from brainmvp_components.reports import write_json
+    from brainmvp_components.utils.writers import write_json
 
     path = Path(path)
     if not path.is_file():
@@ -685,19 +559,3 @@ def prepare_official_checkpoint(path: str | os.PathLike, out_dir: str | os.PathL
     convert_official_checkpoint(path, out)
     write_json(record, stamp)
     return out
-
-
-def find_pretrained_encoder(*candidates: str | os.PathLike | None) -> str | None:
-    """The first existing file of ``candidates``, the authors' checkpoint converted on first use
-    (:func:`prepare_official_checkpoint`; then its ``encoder.pt``). When none exists, the first candidate, so that
-    the caller's "not found" message names it (``None`` without candidates)."""
-    for candidate in candidates:
-        if candidate is None or not Path(candidate).is_file():
-            continue
-        path = Path(candidate)
-        keys = read_state_dict(path).keys()
-        if OFFICIAL_TEMPLATE_KEY in keys or all(k in keys for k in _UNET_MARKERS):
-            return str(prepare_official_checkpoint(path) / "encoder.pt")
-        return str(path)
-    named = [c for c in candidates if c is not None]
-    return str(named[0]) if named else None

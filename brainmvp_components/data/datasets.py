@@ -34,7 +34,7 @@ from monai.data import CacheDataset, Dataset, MetaTensor, PersistentDataset
 from monai.transforms import Transform
 from monai.utils import convert_to_tensor
 
-from brainmvp_components.checkpoints import atomic_torch_save
+from brainmvp_components.utils.writers import atomic_torch_save
 
 CACHE_MODES = ("disk", "memory", "none")
 logger = logging.getLogger(__name__)
@@ -118,7 +118,7 @@ class AtomicPersistentDataset(PersistentDataset):
 
     MONAI's version writes each file in the system's temporary folder and moves it into the cache, which is a
     copy (readable half-written) when the two are on different file systems. Here the file is written next to
-    its final name and renamed (:func:`~brainmvp_components.checkpoints.atomic_torch_save`), so the ranks of a
+    its final name and renamed (:func:`~brainmvp_components.utils.writers.atomic_torch_save`), so the ranks of a
     distributed run and the workers of a data loader sharing one cache never read a partial file; an
     unreadable file is recomputed. NumPy values, which ``torch.load(..., weights_only=True)`` refuses (the
     NIfTI header in a ``MetaTensor``'s metadata), are stored as tensors, so the cache is read back instead of

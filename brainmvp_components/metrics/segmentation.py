@@ -33,9 +33,9 @@ from monai.metrics import CumulativeIterationMetric, DiceMetric
 from monai.metrics.utils import get_edge_surface_distance
 from monai.utils import MetricReduction
 
-from brainmvp_components.brats import REGION_NAMES
-from brainmvp_components.datalist import case_id_from_path
-from brainmvp_components.reports import write_csv, write_json
+from brainmvp_components.data.brats import REGION_NAMES
+from brainmvp_components.data.datalist import case_id_from_path
+from brainmvp_components.utils.writers import write_csv, write_json
 
 __all__ = [
     "REGIONS",
@@ -247,7 +247,7 @@ def case_name_formatter(metadict: dict, saver=None) -> dict:
 
     The case is the image's ``meta["case_id"]``, which :class:`~brainmvp_components.transforms.io.LoadModalitiesd`
     sets from the data's ``case`` (a case folder's name, a datalist entry's ``case`` or ``id``). Images loaded
-    otherwise are named by :func:`~brainmvp_components.datalist.case_id_from_path` of their file.
+    otherwise are named by :func:`~brainmvp_components.data.datalist.case_id_from_path` of their file.
     """
     metadict = metadict or {}
     case = metadict.get("case_id")
@@ -383,7 +383,7 @@ class OverlaySaver:
     Uses each item's model-space image (``item[image_key]``, channels named by ``modalities``) and region
     probabilities (``item[regions_key]``, copied before ``Invertd``, e.g. with ``CopyItemsd(keys="pred",
     names="pred_regions")``) and writes ``<case>_overlay_<modality>.png`` to ``output_dir`` with
-    :func:`brainmvp_components.visualisation.save_overlay`. Imputed modalities are skipped.
+    :func:`brainmvp_components.visualize.previews.save_overlay`. Imputed modalities are skipped.
 
     Args:
         output_dir: folder of the PNG files.
@@ -401,7 +401,7 @@ class OverlaySaver:
         image_key: str = "image",
         regions_key: str = "pred_regions",
     ) -> None:
-        from brainmvp_components.modalities import canonical_modalities
+        from brainmvp_components.data.modalities import canonical_modalities
 
         self.output_dir = Path(output_dir)
         self.modalities = canonical_modalities(modalities)
@@ -417,7 +417,7 @@ class OverlaySaver:
 
     def __call__(self, engine) -> None:
         from brainmvp_components.transforms.labels import RegionsToBratsLabel
-        from brainmvp_components.visualisation import save_overlay
+        from brainmvp_components.visualize.previews import save_overlay
 
         for item in _engine_items(engine):
             image, regions = item[self.image_key], item[self.regions_key]

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from brainmvp_components.reports import atomic_write, atomic_write_text
+from brainmvp_components.utils.writers import atomic_write, atomic_write_text
 
 __all__ = [
     "DEFAULT_STUDY",

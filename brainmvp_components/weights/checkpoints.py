@@ -18,7 +18,7 @@ Config pattern (one entry, first in ``train#handlers``; ``"resume": false`` or `
     "checkpoint_dir": "$@bundle_root + '/models/checkpoints'",
     "train#handlers": [
         {
-            "_target_": "brainmvp_components.checkpoints.ResumableCheckpoint",
+            "_target_": "brainmvp_components.weights.checkpoints.ResumableCheckpoint",
             "save_dir": "@checkpoint_dir",
             "save_dict": {"network": "@network", "optimizer": "@optimizer", "lr_scheduler": "@lr_scheduler"},
             "resume": "@resume"
@@ -49,24 +49,21 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint
 from torch import nn
 
-from brainmvp_components.reports import atomic_write, write_json
+from brainmvp_components.utils.misc import as_flag, is_rank_zero, unwrap_module
+from brainmvp_components.utils.writers import atomic_torch_save, write_json
 
 __all__ = [
     "CHECKPOINT_PREFIX",
     "BestModelSaver",
     "ResumableCheckpoint",
-    "atomic_torch_save",
     "checkpoint_path",
-    "is_rank_zero",
     "latest_checkpoint",
     "list_checkpoints",
     "settings_digest",
-    "unwrap_module",
     "weights_digest",
 ]
 
@@ -75,50 +72,6 @@ PREVIOUS_RUN_DIR = "previous_run"
 _TMP_SUFFIX = ".tmp"
 _RUN_KEY = "run"
 _VALIDATOR_KEY = "validator"
-
-
-def as_flag(value: Any, name: str) -> bool:
-    """A boolean setting that may arrive as text: ``monai.bundle run`` reads ``--resume false`` as the string
-    ``"false"``, which ``bool`` would call true.
-
-    Raises:
-        ValueError: text that is not one of true/false, yes/no, 1/0 (any case).
-    """
-    if isinstance(value, str):
-        text = value.strip().lower()
-        if text in ("true", "yes", "1"):
-            return True
-        if text in ("false", "no", "0"):
-            return False
-        raise ValueError(f"{name} must be true or false, got {value!r}")
-    return bool(value)
-
-
-def is_rank_zero() -> bool:
-    """Whether this process is rank 0 (always true outside ``torch.distributed``)."""
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
-
-
-def unwrap_module(obj: Any) -> Any:
-    """The module inside a ``DistributedDataParallel``/``DataParallel`` wrapper; anything else unchanged."""
-    if isinstance(obj, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
-        return obj.module
-    return obj
-
-
-def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save(obj, path)`` through a temporary file in the same folder and an atomic rename.
-
-    Readers see either the previous file or the complete new one, never a partial write.
-    """
-
-    def write(tmp: str) -> None:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-
-    return atomic_write(path, write, suffix=_TMP_SUFFIX)
 
 
 def settings_digest(settings: Mapping[str, Any] | None) -> str:

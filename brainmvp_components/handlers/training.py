@@ -25,8 +25,9 @@ import torch
 from ignite.engine import Engine, Events
 from torch import nn
 
-from brainmvp_components.checkpoints import atomic_torch_save, unwrap_module
-from brainmvp_components.modalities import CANONICAL_MODALITIES
+from brainmvp_components.data.modalities import CANONICAL_MODALITIES
+from brainmvp_components.utils.misc import unwrap_module
+from brainmvp_components.utils.writers import atomic_torch_save
 
 __all__ = [
     "LastEpochValidationHandler",
@@ -106,10 +107,10 @@ class TemplateExportHandler(_EventHandler):
 
     Writes ``output_dir/template_<modality>.nii.gz`` for every template (each file atomically, on the templates'
     own atlas grid and affine) and the montage ``output_dir/templates.png``
-    (:meth:`~brainmvp_components.templates.ModalityTemplates.export_nifti`).
+    (:meth:`~brainmvp_components.networks.templates.ModalityTemplates.export_nifti`).
 
     Args:
-        templates: a :class:`~brainmvp_components.templates.ModalityTemplates`, or a module holding one as
+        templates: a :class:`~brainmvp_components.networks.templates.ModalityTemplates`, or a module holding one as
             ``.templates`` (the pre-training model, DDP-wrapped or not).
         output_dir: destination folder, conventionally ``models/templates``.
         event: ignite event name that triggers the export (default ``"completed"``).
@@ -166,8 +167,8 @@ class ReconstructionPreviewHandler:
     From the last batch of the epoch, the first case's first target is masked and filled as in training (same
     schedule: template fill for view B during the warm-up), both views are reconstructed in eval mode, and the
     middle axial and coronal slices of the original, view A (template fill), view B (cross-modal fill) and both
-    reconstructions are drawn (:func:`brainmvp_components.visualisation.save_reconstruction_preview`), next to a
-    montage of the templates (:func:`brainmvp_components.visualisation.save_template_montage`, the modalities with
+    reconstructions are drawn (:func:`brainmvp_components.visualize.previews.save_reconstruction_preview`), next to a
+    montage of the templates (:func:`brainmvp_components.visualize.previews.save_template_montage`, the modalities with
     non-zero templates). The PNG files ``epoch_<N>_reconstruction.png`` and ``epoch_<N>_templates.png`` go to
     ``output_dir``; the same pictures are written to TensorBoard (``add_image``) and logged as artifacts
     (``previews/``) to the MLflow run when one is open.
@@ -264,7 +265,7 @@ class ReconstructionPreviewHandler:
                 f"masked view ({kwargs.get('mae_fill', 'zeros')} fill)": volume("view_a"),
                 "reconstruction": volume("rec_a"),
             }, network.templates.as_arrays()
-        from brainmvp_components.visualisation import reconstruction_panels
+        from brainmvp_components.visualize.previews import reconstruction_panels
 
         panels = reconstruction_panels(volume, target_name, fill_b)
         arrays = network.templates.as_arrays()
@@ -272,7 +273,7 @@ class ReconstructionPreviewHandler:
         return panels, trained or arrays
 
     def __call__(self, engine: Engine) -> list[Path]:
-        from brainmvp_components.visualisation import save_reconstruction_preview, save_template_montage
+        from brainmvp_components.visualize.previews import save_reconstruction_preview, save_template_montage
 
         if engine.state.batch is None:
             return []
@@ -363,7 +364,7 @@ class TrainingCurvesHandler:
     iterations (a scalar, or a dictionary of scalars) and every scalar in ``engine.state.metrics``;
     from an evaluator, the scalar metrics of each validation run, at the trainer's epoch. The JSON is rewritten
     (atomically) after every epoch and validation; the PNG after every validation and when training completes
-    (:func:`brainmvp_components.visualisation.save_training_curves`). A resumed run keeps the records of the
+    (:func:`brainmvp_components.visualize.previews.save_training_curves`). A resumed run keeps the records of the
     epochs before its start.
 
     Args:
@@ -469,12 +470,12 @@ class TrainingCurvesHandler:
         self._write_plot()
 
     def _write_json(self) -> None:
-        from brainmvp_components.reports import write_json
+        from brainmvp_components.utils.writers import write_json
 
         write_json(self.json_path, self.history)
 
     def _write_plot(self, engine: Engine | None = None) -> None:
-        from brainmvp_components.visualisation import save_training_curves
+        from brainmvp_components.visualize.previews import save_training_curves
 
         if any(len(record) > 1 for record in self.history):
             save_training_curves(self.history, self.png_path, title=self.title)
@@ -486,11 +487,11 @@ class TemplateEvolutionHandler:
     At the start of training and every ``interval`` epochs, the axial slice through the middle of each template
     is recorded in ``output_dir/template_evolution.npz`` (rewritten atomically at each snapshot, so a killed run
     resumes its snapshots); when training completes, ``template_evolution.png`` (one row per modality, one
-    column per snapshot, :func:`brainmvp_components.visualisation.save_template_evolution`) is drawn from them.
+    column per snapshot, :func:`brainmvp_components.visualize.previews.save_template_evolution`) is drawn from them.
     Modalities whose template is still all zero at the end (no training case had them) are left out.
 
     Args:
-        templates: a :class:`~brainmvp_components.templates.ModalityTemplates`, or a module holding one as
+        templates: a :class:`~brainmvp_components.networks.templates.ModalityTemplates`, or a module holding one as
             ``.templates`` (the pre-training model, wrapped or not).
         output_dir: folder of the files.
         interval: epochs between snapshots.
@@ -544,7 +545,7 @@ class TemplateEvolutionHandler:
 
     def _write_snapshots(self) -> None:
         """The snapshots so far, atomically: a killed run resumes them."""
-        from brainmvp_components.reports import atomic_write
+        from brainmvp_components.utils.writers import atomic_write
 
         self.output_dir.mkdir(parents=True, exist_ok=True)
         arrays = {name: np.stack(slices) for name, slices in self.slices.items()}
@@ -553,7 +554,7 @@ class TemplateEvolutionHandler:
         )
 
     def _completed(self, engine: Engine) -> Path | None:
-        from brainmvp_components.visualisation import save_template_evolution
+        from brainmvp_components.visualize.previews import save_template_evolution
 
         self._snapshot(engine)
         trained = {name: slices for name, slices in self.slices.items() if np.any(slices[-1])}

@@ -35,8 +35,8 @@ from monai.metrics import (
 )
 from monai.utils import min_version, optional_import
 
-from brainmvp_components.modalities import strip_nifti_suffix
-from brainmvp_components.reports import write_csv, write_json
+from brainmvp_components.data.modalities import strip_nifti_suffix
+from brainmvp_components.utils.writers import write_csv, write_json
 
 Events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
 if TYPE_CHECKING:

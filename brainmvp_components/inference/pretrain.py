@@ -27,9 +27,9 @@ from monai.inferers import Inferer
 from monai.transforms import MapTransform
 from torch import nn
 
-from brainmvp_components.checkpoints import unwrap_module
-from brainmvp_components.modalities import CANONICAL_MODALITIES
-from brainmvp_components.reports import atomic_write, write_json
+from brainmvp_components.data.modalities import CANONICAL_MODALITIES
+from brainmvp_components.utils.misc import unwrap_module
+from brainmvp_components.utils.writers import atomic_write, write_json
 
 __all__ = [
     "FEATURES_SUFFIX",
@@ -197,7 +197,7 @@ class MaskedReconstructionPreviewSaver:
     @torch.no_grad()
     def __call__(self, engine: Engine) -> list[Path]:
         from brainmvp_components.engines.pretrain import compute_pretrain_losses
-        from brainmvp_components.visualisation import reconstruction_panels, save_reconstruction_preview
+        from brainmvp_components.visualize.previews import reconstruction_panels, save_reconstruction_preview
 
         batch = engine.state.batch
         if isinstance(batch, Sequence) and batch:  # MONAI engines decollate the batch into its items

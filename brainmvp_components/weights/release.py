@@ -31,7 +31,7 @@ import torch
 from monai.bundle import ConfigParser
 from monai.bundle.utils import ID_SEP_KEY
 
-from brainmvp_components.reports import atomic_write, atomic_write_text
+from brainmvp_components.utils.writers import atomic_write, atomic_write_text
 
 __all__ = [
     "SETTINGS_IDS",

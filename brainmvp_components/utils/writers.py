@@ -15,7 +15,9 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_write", "atomic_write_text", "write_json", "csv_text", "write_csv"]
+import torch
+
+__all__ = ["atomic_torch_save", "atomic_write", "atomic_write_text", "write_json", "csv_text", "write_csv"]
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], object], suffix: str = ".tmp") -> Path:
@@ -67,3 +69,18 @@ def csv_text(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
 def write_csv(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> Path:
     """Write :func:`csv_text` of ``rows`` to ``path`` atomically; returns the path."""
     return atomic_write_text(path, csv_text(rows, columns))
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save(obj, path)`` through a temporary file in the same folder and an atomic rename.
+
+    Readers see either the previous file or the complete new one, never a partial write.
+    """
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+
+    return atomic_write(path, write, suffix=".tmp")

@@ -3,7 +3,7 @@
 Every bundle runs out of the box on this cohort, and every test uses it. Subjects start from the real
 ICBM 2009c nonlinear symmetric tissue probability maps that ship inside ``nilearn`` (grey matter, white
 matter and a brain mask; no download), are placed in the BraTS/SRI24 field of view
-(:func:`brainmvp_components.atlas.atlas_grid`) through a smooth per-subject deformation and a small
+(:func:`brainmvp_components.data.atlas.atlas_grid`) through a smooth per-subject deformation and a small
 random affine, receive tumours (``brats``, part of ``pretrain``) or simulated atrophy (``adni``), and are
 imaged with MR signal equations:
 
@@ -18,7 +18,7 @@ subject does not depend on how many subjects are generated, and the same seed gi
 
 Typical use::
 
-    from brainmvp_components.cohort import make_cohort
+    from brainmvp_components.data.cohort import make_cohort
 
     cases = make_cohort("data/brats_syn", "brats", subjects=8, seed=0, spacing=2.0)
 """
@@ -41,9 +41,9 @@ import numpy as np
 from scipy import ndimage as ndi
 from scipy.spatial.transform import Rotation
 
-from brainmvp_components.atlas import BRATS_ATLAS_AFFINE, BRATS_ATLAS_SHAPE, atlas_grid
-from brainmvp_components.brats import BRATS_CONVENTIONS, NECROSIS_LABEL, OEDEMA_LABEL
-from brainmvp_components.reports import atomic_write, write_csv
+from brainmvp_components.data.atlas import BRATS_ATLAS_AFFINE, BRATS_ATLAS_SHAPE, atlas_grid
+from brainmvp_components.data.brats import BRATS_CONVENTIONS, NECROSIS_LABEL, OEDEMA_LABEL
+from brainmvp_components.utils.writers import atomic_write, write_csv
 
 __all__ = [
     "COHORT_KINDS",
@@ -789,7 +789,7 @@ def make_cohort(
         raise NotADirectoryError(f"cohort output {out_dir} exists and is not a folder")
     out_dir.mkdir(parents=True, exist_ok=True)
     if preview:
-        from brainmvp_components.visualisation import save_case_preview
+        from brainmvp_components.visualize.previews import save_case_preview
 
     logger.info(
         "generating %d %r subjects (seed %d, %.3g mm, %s) in %s",

@@ -1,7 +1,7 @@
 """Case discovery, integrity checks, splits and nested label fractions for BraTS-style data sets.
 
 A data set is a folder with one sub-folder per case; each case folder holds one NIfTI file per modality
-(recognised by file name through :mod:`brainmvp_components.modalities`) and optionally one segmentation.
+(recognised by file name through :mod:`brainmvp_components.data.modalities`) and optionally one segmentation.
 :func:`build_datalist` discovers the cases, verifies every file, splits the cases and writes a MONAI
 decathlon-style JSON; :func:`load_datalist` reads it back with absolute paths for a bundle's dataset, and
 :func:`ensure_datalist` does both on demand (generating the embedded cohort into an empty folder first),
@@ -30,15 +30,15 @@ from nibabel.filebasedimages import ImageFileError
 from nibabel.spatialimages import HeaderDataError
 from nibabel.wrapstruct import WrapStructError
 
-from brainmvp_components.brats import BRATS_CONVENTIONS, label_set
-from brainmvp_components.modalities import (
+from brainmvp_components.data.brats import BRATS_CONVENTIONS, label_set
+from brainmvp_components.data.modalities import (
     CANONICAL_MODALITIES,
     canonical_modalities,
     is_segmentation_file,
     modality_from_filename,
     strip_nifti_suffix,
 )
-from brainmvp_components.reports import write_json
+from brainmvp_components.utils.writers import write_json
 
 __all__ = [
     "BRATS_LABEL_CONVENTIONS",
@@ -728,7 +728,7 @@ def build_datalist(
     )
     datalist: dict[str, Any] = {
         "name": data_dir.resolve().name,
-        "description": "BraTS-style data set verified and split by brainmvp_components.datalist",
+        "description": "BraTS-style data set verified and split by brainmvp_components.data.datalist",
         "tensorImageSize": "3D",
         "modalities": union,
         "seed": seed,
@@ -1037,7 +1037,7 @@ def ensure_datalist(
     """Path of ``dataset_dir/datalist.json``, generating the embedded cohort and the datalist when missing.
 
     When ``dataset_dir`` holds no case folder, the embedded cohort of ``kind`` (``"pretrain"``, ``"brats"``,
-    ``"adni"``) is generated there first (:func:`brainmvp_components.cohort.make_cohort`). A missing datalist
+    ``"adni"``) is generated there first (:func:`brainmvp_components.data.cohort.make_cohort`). A missing datalist
     is then built and verified by :func:`build_datalist` (``build_kwargs`` are passed on). An existing
     datalist is returned as is. Several processes may call this at once (the ranks of a ``torchrun`` job):
     an exclusive lock on ``dataset_dir/.datalist.lock`` lets one of them do the work while the others wait,
@@ -1055,7 +1055,7 @@ def ensure_datalist(
         if out_file.is_file():  # another process wrote it while this one waited
             return str(out_file)
         if not _has_case_folders(dataset_dir):
-            from brainmvp_components.cohort import make_cohort
+            from brainmvp_components.data.cohort import make_cohort
 
             logger.info(
                 "%s holds no cases: generating the embedded %r cohort (%d subjects)", dataset_dir, kind, subjects

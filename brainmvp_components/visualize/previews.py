@@ -1,7 +1,7 @@
 """PNG previews of brain volumes: case montages, tumour overlays, template montages, reconstructions.
 
 Every function takes 3-D arrays in the array order ``(H, W, D)`` of a BraTS-oriented volume (the atlas
-affine of :mod:`brainmvp_components.atlas`: ``i`` runs right to left, ``j`` anterior to posterior, ``k``
+affine of :mod:`brainmvp_components.data.atlas`: ``i`` runs right to left, ``j`` anterior to posterior, ``k``
 inferior to superior), and shows slices upright in radiological convention (the patient's right on the
 left of the panel, anterior at the top of axial slices, superior at the top of coronal slices). A leading
 singleton channel axis (``(1, H, W, D)``) and torch tensors are accepted. Figures are drawn with
@@ -20,7 +20,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from brainmvp_components.reports import atomic_write
+from brainmvp_components.utils.writers import atomic_write
 
 __all__ = [
     "BRATS_REGION_COLOURS",

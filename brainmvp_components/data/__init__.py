@@ -1,0 +1,1 @@
+"""Data: modality registry, atlas and label conventions, case discovery and checks, splits, data sets, the cohort."""

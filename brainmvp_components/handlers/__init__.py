@@ -1,0 +1,1 @@
+"""Ignite event handlers for training runs: exports, previews, curves."""

@@ -1,0 +1,1 @@
+"""Running trained models on cases: batch inference and pre-training inference."""

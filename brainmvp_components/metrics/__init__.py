@@ -1,0 +1,1 @@
+"""Measures and their reports: segmentation, classification, pre-training and the learning report."""

@@ -1,0 +1,1 @@
+"""Studies that run bundles many times: label efficiency."""

@@ -1,0 +1,1 @@
+"""Shared utilities: atomic file writers and small runtime helpers."""

@@ -1,0 +1,1 @@
+"""PNG figures: case montages, template montages, overlays, reconstructions, training curves."""

@@ -1,0 +1,1 @@
+"""Weights in and out: the authors' checkpoints, pre-trained encoder loading, resumable checkpoints, releases."""
