@@ -16,7 +16,8 @@ from torch import nn
 from brainmvp_components.data.atlas import atlas_grid
 from brainmvp_components.data.datalist import build_datalist, load_datalist
 from brainmvp_components.data.modalities import modality_index
-from brainmvp_components.handlers.training import TemplateEvolutionHandler, TrainingCurvesHandler
+from brainmvp_components.handlers.curves import TrainingCurvesHandler
+from brainmvp_components.handlers.previews import TemplateEvolutionHandler
 from brainmvp_components.metrics.learning_report import SUMMARY_KEYS, TARGETS, build_learning_summary, summary_table
 from brainmvp_components.metrics.pretraining import (
     cohort_mean_images,

@@ -165,7 +165,7 @@ def test_best_metric_comes_back_with_its_own_run_only(tmp_path):
 def test_training_curves_attach_to_the_validator():
     """The curves handler reaches the validator through an argument, so no handler list refers to an index of
     another (MONAI Label prepends a CheckpointLoader to train#handlers, which shifts every index)."""
-    from brainmvp_components.handlers.training import TrainingCurvesHandler
+    from brainmvp_components.handlers.curves import TrainingCurvesHandler
 
     validator = Engine(lambda e, b: None)
     handler = TrainingCurvesHandler("unused", validator=validator)
@@ -175,7 +175,7 @@ def test_training_curves_attach_to_the_validator():
 
 def test_last_epoch_is_validated():
     """A MONAI Label request for fewer epochs than val_interval still validates once, so it saves a model."""
-    from brainmvp_components.handlers.training import LastEpochValidationHandler
+    from brainmvp_components.handlers.curves import LastEpochValidationHandler
 
     for max_epochs, interval, expected in ((1, 5, [1]), (7, 5, [7]), (10, 5, [])):
         validated = []
