@@ -21,9 +21,9 @@ from ignite.engine import Engine, Events
 from monai.data import MetaTensor
 from monai.transforms import Invertd, Spacingd
 
+from brainmvp_components.transforms.impute import SaveModalityRecordd
 from brainmvp_components.transforms.io import LoadModalitiesd
 from brainmvp_components.transforms.spatial import SafeSpacingd
-from brainmvp_components.transforms.templates import SaveModalityRecordd
 from brainmvp_components.weights.checkpoints import (
     PREVIOUS_RUN_DIR,
     BestModelSaver,

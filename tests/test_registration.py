@@ -11,6 +11,7 @@ import torch
 from inference_data import MODALITIES, files_of, mean_templates, moved_copy
 from monai.data import MetaTensor
 
+from brainmvp_components.transforms.impute import ImputeMissingModalities, registration_pair
 from brainmvp_components.transforms.registration import (
     TemplateRegistration,
     foreground_coverage,
@@ -18,7 +19,7 @@ from brainmvp_components.transforms.registration import (
     in_atlas_frame,
     moments_alignment,
 )
-from brainmvp_components.transforms.templates import ImputeMissingModalities, foreground_of, registration_pair
+from brainmvp_components.transforms.templates import foreground_of
 
 pytestmark = pytest.mark.slow
 

@@ -13,12 +13,8 @@ from brainmvp_components.losses.segmentation import DeepSupervisionDiceBCELoss
 from brainmvp_components.networks.templates import ModalityTemplates
 from brainmvp_components.networks.uniformer import uniformer_tiny
 from brainmvp_components.networks.uniunet import UniUNet
-from brainmvp_components.transforms.templates import (
-    ImputeMissingModalitiesd,
-    MissingModalitiesError,
-    RandTemplateReplaced,
-    load_frozen_templates,
-)
+from brainmvp_components.transforms.impute import ImputeMissingModalitiesd, MissingModalitiesError
+from brainmvp_components.transforms.templates import RandTemplateReplaced, load_frozen_templates
 
 MODALITIES = ["t1", "t1c", "t2", "flair"]
 ROI = (16, 16, 16)

@@ -54,7 +54,7 @@ class TemplateRegistration:
         fixed_modality: the case channel registered to (``None`` for ``"atlas_frame"``).
         template_modality: the template registered (``None`` for ``"atlas_frame"``).
         quality: figures of merit: ``mutual_information`` (Mattes, at the finest level, higher is better),
-            ``seconds``; :class:`~brainmvp_components.transforms.templates.ImputeMissingModalities` adds
+            ``seconds``; :class:`~brainmvp_components.transforms.impute.ImputeMissingModalities` adds
             ``coverage`` (fraction of the case's foreground where the imputed templates are non-zero).
     """
 
