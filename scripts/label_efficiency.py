@@ -41,14 +41,12 @@ from brainmvp_components.studies.label_efficiency import (
     TASKS,
     FinetuneRun,
     PretrainRun,
-    ResultsFile,
     bundle_command,
     load_study,
     plan_runs,
-    plot_label_efficiency,
     read_run_metrics,
-    write_results_table,
 )
+from brainmvp_components.studies.results import ResultsFile, plot_label_efficiency, write_results_table
 from brainmvp_components.utils.writers import write_json
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

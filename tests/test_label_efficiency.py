@@ -14,14 +14,11 @@ import pytest
 from brainmvp_components.studies.label_efficiency import (
     DEFAULT_STUDY,
     INITIALISATIONS,
-    ResultsFile,
     cli_value,
     load_study,
     plan_runs,
-    plot_label_efficiency,
-    results_table,
-    summarise,
 )
+from brainmvp_components.studies.results import ResultsFile, plot_label_efficiency, results_table, summarise
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 STUDIES = REPO_ROOT / "scripts" / "studies"

@@ -23,7 +23,7 @@ from monai.transforms import MapTransform, Transform
 from monai.utils import TransformBackends
 
 from brainmvp_components.data.modalities import canonical_modalities, canonical_modality
-from brainmvp_components.transforms.templates import image_affine, foreground_of, load_frozen_templates
+from brainmvp_components.transforms.templates import foreground_of, image_affine, load_frozen_templates
 
 __all__ = [
     "ImputeMissingModalities",
