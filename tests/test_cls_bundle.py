@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -88,7 +89,12 @@ def trained(workspace, python_executable, subprocess_env, repo_root) -> str:
 
 
 def test_train_quick(workspace, trained):
-    assert "loaded" in trained and "encoder.pt" in trained  # the pre-trained encoder was used
+    # the pre-trained encoder was used: every one of its tensors loaded (single-channel input, so the stem fits),
+    # and the run does not fall back to training from scratch
+    encoder_file = workspace["pretrain"] / "encoder.pt"
+    loaded = re.findall(rf"{re.escape(str(encoder_file))} \([^)]*\): loaded (\d+) tensors", trained)
+    assert loaded == [str(len(torch.load(encoder_file, weights_only=True)))], loaded
+    assert "from scratch" not in trained
     assert "loaded frozen modality templates ['t1']" in trained  # template block filling was on
     model = workspace["bundle"] / "models" / "model.pt"
     state = torch.load(model, map_location="cpu", weights_only=True)

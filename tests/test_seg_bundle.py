@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -74,7 +75,13 @@ def test_train_outputs(trained):
         f"template_{m}.nii.gz" for m in MODALITIES
     )
     assert list((bundle / "models" / "checkpoints").glob("checkpoint_epoch=*.pt"))
-    assert "loaded" in trained["log"] and "val_mean_dice" in trained["log"]
+    # the pre-trained encoder was loaded: every tensor but the single-channel input stem, which a 4-channel net
+    # re-initialises; the run does not fall back to training from scratch
+    encoder_file = Path(trained["overrides"]["pretrained_encoder"])
+    encoder_keys = torch.load(encoder_file, weights_only=True).keys()
+    loaded = re.findall(rf"{re.escape(str(encoder_file))} \([^)]*\): loaded (\d+) tensors", trained["log"])
+    assert loaded == [str(sum(not k.startswith("patch_embed1.proj.") for k in encoder_keys))], loaded
+    assert "from scratch" not in trained["log"] and "val_mean_dice" in trained["log"]
     assert list((bundle / "eval").glob("events.out.tfevents*"))
 
 
