@@ -15,7 +15,9 @@ import argparse
 import logging
 import sys
 
-from brainmvp_components.data.datalist import DEFAULT_LABEL_FRACTIONS, DatasetIntegrityError, build_datalist
+from brainmvp_components.data.datalist import build_datalist
+from brainmvp_components.data.problems import DatasetIntegrityError
+from brainmvp_components.data.splits import DEFAULT_LABEL_FRACTIONS
 
 logger = logging.getLogger("prepare_datalist")
 

@@ -148,7 +148,7 @@ def test_evaluate_files_writes_reports(tmp_path):
 
 
 def test_case_ids():
-    from brainmvp_components.data.datalist import case_id_from_path
+    from brainmvp_components.data.discovery import case_id_from_path
 
     assert case_id_from_path("/d/BraTS2021_00012/BraTS2021_00012_t1ce.nii.gz") == "BraTS2021_00012"
     assert case_id_from_path("BraTS-GLI-00001-000-seg.nii.gz") == "BraTS-GLI-00001-000"

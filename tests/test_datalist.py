@@ -1,4 +1,5 @@
-"""Tests for brainmvp_components.data.datalist and scripts/prepare_datalist.py on the embedded cohorts."""
+"""Tests for the data set modules of brainmvp_components.data (discovery, checks, splits, datalist, inference
+inputs) and scripts/prepare_datalist.py on the embedded cohorts."""
 
 from __future__ import annotations
 
@@ -15,17 +16,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from brainmvp_components.data.datalist import (
-    DatasetIntegrityError,
-    build_datalist,
-    discover_cases,
-    ensure_datalist,
-    inference_cases,
-    load_datalist,
-    nested_label_fractions,
-    split_cases,
-)
+from brainmvp_components.data.datalist import build_datalist, ensure_datalist, load_datalist
+from brainmvp_components.data.discovery import discover_cases
+from brainmvp_components.data.inference_inputs import inference_cases
 from brainmvp_components.data.modalities import CANONICAL_MODALITIES, is_segmentation_file, modality_from_filename
+from brainmvp_components.data.problems import DatasetIntegrityError
+from brainmvp_components.data.splits import nested_label_fractions, split_cases
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "prepare_datalist.py"

@@ -212,7 +212,7 @@ def test_pretrain_inference_writes_features_and_preview(bundle_copy, pretrain_co
     workflow.finalize()
     cases = sorted(p.name for p in pretrain_cohort.iterdir() if p.is_dir())
     assert sorted(p.name[: -len("_features.npz")] for p in output.glob("*_features.npz")) == cases
-    from brainmvp_components.data.datalist import inference_entries
+    from brainmvp_components.data.inference_inputs import inference_entries
     from brainmvp_components.data.modalities import canonical_modalities
 
     entries = {e["case"]: e for e in inference_entries(None, pretrain_cohort)[0]}

@@ -3,8 +3,8 @@
 The pieces a bundle's ``inference.json`` puts together:
 
 - :func:`plan_inference`: reads the cases (a datalist or a folder of case folders, through
-  :func:`~brainmvp_components.data.datalist.inference_entries`), stops before anything runs when two cases would
-  write the same output or a case name cannot name a file, records bad entries (missing files, malformed
+  :func:`~brainmvp_components.data.inference_inputs.inference_entries`), stops before anything runs when two cases
+  would write the same output or a case name cannot name a file, records bad entries (missing files, malformed
   entries, case folders with duplicate images) as failures, and skips the cases whose outputs exist unless
   ``overwrite`` is set (so a long batch resumes where it stopped).
 - :class:`CaseDataset` and :func:`collate_cases`: a case whose preprocessing raises (the checks of
@@ -34,14 +34,11 @@ from typing import Any
 from monai.data import Dataset, list_data_collate
 from monai.engines import SupervisedEvaluator
 
-from brainmvp_components.data.datalist import (
-    DatasetIntegrityError,
-    DatasetProblem,
-    case_id_from_path,
-    duplicate_case_problems,
-    inference_entries,
-)
+from brainmvp_components.data.checks import duplicate_case_problems
+from brainmvp_components.data.discovery import case_id_from_path
+from brainmvp_components.data.inference_inputs import inference_entries
 from brainmvp_components.data.modalities import UnknownModalityError
+from brainmvp_components.data.problems import DatasetIntegrityError, DatasetProblem
 from brainmvp_components.transforms.io import CaseLoadError
 from brainmvp_components.utils.writers import write_csv, write_json
 
@@ -116,7 +113,7 @@ class InferencePlan:
 
 
 def failure_record(problem: DatasetProblem, stage: str, detail: str | None = None) -> dict:
-    """A failures-report row from a :class:`~brainmvp_components.data.datalist.DatasetProblem`."""
+    """A failures-report row from a :class:`~brainmvp_components.data.problems.DatasetProblem`."""
     record = {
         "case": problem.case,
         "file": problem.file,
@@ -169,9 +166,9 @@ def plan_inference(
     """The cases to run, the bad entries, and the cases already done.
 
     Args:
-        datalist: a datalist JSON (see :func:`~brainmvp_components.data.datalist.inference_cases`); entries are named
-            by their ``case`` or ``id``, else by their first file (or its folder, for a file named by its modality
-            alone, such as ``patient1/t1.nii.gz``).
+        datalist: a datalist JSON (see :func:`~brainmvp_components.data.inference_inputs.inference_cases`); entries
+            are named by their ``case`` or ``id``, else by their first file (or its folder, for a file named by its
+            modality alone, such as ``patient1/t1.nii.gz``).
         dataset_dir: used without a datalist: a folder of case folders, each case named by its folder.
         output_dir: the output folder.
         split: the split of a datalist with splits.

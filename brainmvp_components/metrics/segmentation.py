@@ -34,7 +34,7 @@ from monai.metrics.utils import get_edge_surface_distance
 from monai.utils import MetricReduction
 
 from brainmvp_components.data.brats import REGION_NAMES
-from brainmvp_components.data.datalist import case_id_from_path
+from brainmvp_components.data.discovery import case_id_from_path
 from brainmvp_components.utils.writers import write_csv, write_json
 
 __all__ = [
@@ -247,7 +247,7 @@ def case_name_formatter(metadict: dict, saver=None) -> dict:
 
     The case is the image's ``meta["case_id"]``, which :class:`~brainmvp_components.transforms.io.LoadModalitiesd`
     sets from the data's ``case`` (a case folder's name, a datalist entry's ``case`` or ``id``). Images loaded
-    otherwise are named by :func:`~brainmvp_components.data.datalist.case_id_from_path` of their file.
+    otherwise are named by :func:`~brainmvp_components.data.discovery.case_id_from_path` of their file.
     """
     metadict = metadict or {}
     case = metadict.get("case_id")

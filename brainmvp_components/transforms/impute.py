@@ -344,7 +344,7 @@ class SaveModalityRecordd(MapTransform):
         return files
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
-        from brainmvp_components.data.datalist import case_id_from_path
+        from brainmvp_components.data.discovery import case_id_from_path
         from brainmvp_components.data.modalities import strip_nifti_suffix
         from brainmvp_components.utils.writers import write_json
 

@@ -1,6 +1,6 @@
 """Loading a case's modalities into channels, keeping their canonical names.
 
-Every file is checked as strictly as :func:`brainmvp_components.data.datalist.verify_case` checks a data set (the
+Every file is checked as strictly as :func:`brainmvp_components.data.checks.verify_case` checks a data set (the
 same functions do it): its dimensionality as stored, before any channel conversion; finite values; not a
 constant image; a valid affine; every channel on one grid. A failed check raises :class:`CaseLoadError`, whose
 ``problems`` name the case, the file and what is wrong.
@@ -19,15 +19,10 @@ from monai.data import MetaTensor
 from monai.transforms import EnsureChannelFirst, LoadImage, MapTransform, Transform
 from monai.utils import TransformBackends
 
-from brainmvp_components.data.datalist import (
-    AFFINE_TOLERANCE,
-    DatasetProblem,
-    case_id_from_path,
-    file_shape_problem,
-    grid_problem,
-    volume_problems,
-)
+from brainmvp_components.data.checks import AFFINE_TOLERANCE, file_shape_problem, grid_problem, volume_problems
+from brainmvp_components.data.discovery import case_id_from_path
 from brainmvp_components.data.modalities import CANONICAL_MODALITIES, UnknownModalityError, canonical_modalities
+from brainmvp_components.data.problems import DatasetProblem
 
 __all__ = ["CASE_ID_KEY", "CaseLoadError", "LoadModalities", "LoadModalitiesd"]
 
@@ -39,7 +34,7 @@ class CaseLoadError(ValueError):
     """A case's files cannot be loaded as one multi-channel volume.
 
     Args:
-        problems: what is wrong, each naming the case and the file (:class:`~brainmvp_components.data.datalist.
+        problems: what is wrong, each naming the case and the file (:class:`~brainmvp_components.data.problems.
             DatasetProblem`), or one message.
         case, file: the case and file of a single ``message``.
 
@@ -63,9 +58,9 @@ class LoadModalities(Transform):
 
     Each file's shape is checked as stored, before channel conversion (a 4-D file listed as one modality is an
     error, not three scrambled channels), then each channel's values (finite, not constant) and every file's
-    grid against the first (:func:`~brainmvp_components.data.datalist.file_shape_problem`,
-    :func:`~brainmvp_components.data.datalist.volume_problems`, :func:`~brainmvp_components.data.datalist.grid_problem`,
-    the checks :func:`~brainmvp_components.data.datalist.verify_case` applies to a data set).
+    grid against the first (:func:`~brainmvp_components.data.checks.file_shape_problem`,
+    :func:`~brainmvp_components.data.checks.volume_problems`, :func:`~brainmvp_components.data.checks.grid_problem`,
+    the checks :func:`~brainmvp_components.data.checks.verify_case` applies to a data set).
 
     Args:
         modalities: the channels wanted, in order (the model's input order). ``None`` keeps the case's
@@ -187,7 +182,7 @@ class LoadModalitiesd(MapTransform):
     the channels' indices into :data:`~brainmvp_components.data.modalities.CANONICAL_MODALITIES` to
     ``data["modality_index"]`` (``LongTensor (C,)``) and the absent wanted modalities to
     ``data["missing_modalities"]``. The case is ``data["case"]`` when present, else it is named after the file
-    (:func:`~brainmvp_components.data.datalist.case_id_from_path`); it is named in errors and stored in the image's
+    (:func:`~brainmvp_components.data.discovery.case_id_from_path`); it is named in errors and stored in the image's
     ``meta["case_id"]``, after which outputs are named.
 
     Args:
