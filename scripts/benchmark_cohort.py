@@ -4,18 +4,16 @@ Example::
 
     python scripts/benchmark_cohort.py --subjects 4 --spacing 2
 
-The one-off loading of the MNI maps is timed separately and excluded from the per-subject figures. Wall
-time depends on what else the machine runs; CPU time (this process) is the steadier figure.
+The command line of :mod:`brainmvp_components.benchmarks.cohort`, whose docstring says what is timed.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
-import time
 
-from brainmvp_components.data.cohort import COHORT_KINDS, load_mni_tissue_maps, make_cohort
+from brainmvp_components.benchmarks.cohort import run
+from brainmvp_components.data.cohort import COHORT_KINDS
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -32,19 +30,7 @@ def main(argv=None) -> int:
     if args.subjects < 1:
         print("--subjects must be at least 1", file=sys.stderr)
         return 2
-    start = time.perf_counter()
-    load_mni_tissue_maps()
-    print(f"MNI maps loaded and prepared once: {time.perf_counter() - start:.2f} s")
-    for kind in args.kinds:
-        with tempfile.TemporaryDirectory() as tmp:
-            start, start_cpu = time.perf_counter(), time.process_time()
-            make_cohort(tmp, kind, args.subjects, seed=args.seed, spacing=args.spacing)
-            elapsed, cpu = time.perf_counter() - start, time.process_time() - start_cpu
-        print(
-            f"{kind:9s} {args.spacing:g} mm: {elapsed / args.subjects:.2f} s/subject wall, "
-            f"{cpu / args.subjects:.2f} s/subject CPU ({args.subjects} subjects)"
-        )
-    return 0
+    return run(args)
 
 
 if __name__ == "__main__":

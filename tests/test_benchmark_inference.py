@@ -49,8 +49,17 @@ def _load_script():
 
 
 @pytest.fixture(scope="module")
-def bench():
+def script():
+    """The command line (``parse_args``, ``main``)."""
     return _load_script()
+
+
+@pytest.fixture(scope="module")
+def bench():
+    """The benchmark itself."""
+    from brainmvp_components.benchmarks import inference
+
+    return inference
 
 
 def _fake_authors_repo(root: Path, uni_unet: str = FAKE_UNI_UNET) -> Path:
@@ -62,7 +71,7 @@ def _fake_authors_repo(root: Path, uni_unet: str = FAKE_UNI_UNET) -> Path:
 
 def _cfg(bench, tmp_path: Path, variant: str, **overrides) -> dict:
     """A child configuration of ours at a toy size (4 x 64 x 64 x 48, tiny preset, 32^3 windows, 1 run)."""
-    args = bench.parse_args(["--volume", "4,64,64,48", "--roi", "32", "--preset", "tiny", "--large-roi", "64"])
+    args = _load_script().parse_args(["--volume", "4,64,64,48", "--roi", "32", "--preset", "tiny", "--large-roi", "64"])
     modifiers = bench.parse_variant(variant)
     cfg = {
         "side": "ours",
@@ -93,8 +102,8 @@ def test_window_counts(bench):
     assert bench.window_count((64, 64, 48), (64, 64, 64), 0.25) == 1
 
 
-def test_variants_and_their_settings(bench):
-    args = bench.parse_args([])
+def test_variants_and_their_settings(bench, script):
+    args = script.parse_args([])
     assert args.volume == [4, 240, 240, 155] and args.roi == 96 and args.overlap == 0.5
     assert bench.parse_variant("fp32") == ()
     assert bench.parse_variant("bf16+channels_last") == ("channels_last", "bf16")
@@ -113,7 +122,7 @@ def test_variants_and_their_settings(bench):
     assert error is None and env == {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "100000000000"}
 
 
-def test_variants_in_process_agree_and_are_timed(bench, tmp_path, capsys):
+def test_variants_in_process_agree_and_are_timed(bench, tmp_path, capsys, script):
     """fp32, channels_last, sw_batch (bundle's gaussian blending) and large_window of ours and the SegResNet
     baseline, one window each: the figures, the window arithmetic and the output comparisons."""
     configs = [
@@ -155,7 +164,7 @@ def test_variants_in_process_agree_and_are_timed(bench, tmp_path, capsys):
         fp32["whole_volume_s"] / segresnet["whole_volume_s"]
     )
     assert "vs_authors" not in summary["fp32"]
-    args = bench.parse_args(["--volume", "4,64,64,48", "--roi", "32", "--preset", "tiny", "--windows", "1"])
+    args = script.parse_args(["--volume", "4,64,64,48", "--roi", "32", "--preset", "tiny", "--windows", "1"])
     bench.print_report(args, summary, {"variants_vs_fp32": comparisons})
     out = capsys.readouterr().out
     assert "full window count for 64 x 64 x 48: 18 at 32^3 / overlap 0.5" in out
@@ -163,13 +172,13 @@ def test_variants_in_process_agree_and_are_timed(bench, tmp_path, capsys):
     assert "| SegResNet (model zoo) | segresnet | 64x64x48 / 0.5 / 1 / constant | 1 / 1 |" in out
 
 
-def test_side_by_side_with_a_stand_in_authors_checkout(bench, tmp_path, capsys, monkeypatch):
+def test_side_by_side_with_a_stand_in_authors_checkout(bench, tmp_path, capsys, monkeypatch, script):
     """The whole parent: the authors' side first (its weights saved), ours on those weights, JSON written."""
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     repo = _fake_authors_repo(tmp_path / "BrainMVP")
     out_json = tmp_path / "figures.json"
-    report = bench.main(
+    report = script.main(
         ["--volume", "4,64,64,32", "--roi", "32", "--preset", "tiny", "--windows", "2", "--warmup", "0",
          "--variants", "fp32", "--no-segresnet", "--authors-repo", str(repo), "--json", str(out_json)]
     )  # fmt: skip
@@ -191,9 +200,9 @@ def test_side_by_side_with_a_stand_in_authors_checkout(bench, tmp_path, capsys, 
     assert "fp32 / authors: whole-volume time" in out
 
 
-def test_authors_repo_that_is_not_a_checkout(bench, tmp_path, capsys):
+def test_authors_repo_that_is_not_a_checkout(bench, tmp_path, capsys, script):
     with pytest.raises(SystemExit) as stop:
-        bench.parse_args(["--authors-repo", str(tmp_path)])
+        script.parse_args(["--authors-repo", str(tmp_path)])
     assert stop.value.code == 2
     assert "not a checkout of the authors' BrainMVP repository" in capsys.readouterr().err
 

@@ -15,13 +15,20 @@ from pathlib import Path
 
 import pytest
 
+from brainmvp_components.benchmarks import pretrain_step
+
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "benchmark_pretrain.py"
 
 
-def _run(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
+def _run(args: list[str], env: dict[str, str], cwd: Path, command: list[str] | None = None):
     env = {**env, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
     return subprocess.run(
-        [sys.executable, str(SCRIPT), *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=300
+        [sys.executable, *(command or [str(SCRIPT)]), *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
 
@@ -54,15 +61,14 @@ def test_step_table_and_ratios_side_by_side(tmp_path, capsys):
     the numbers are made up, the subprocesses are not run (a real step needs UniFormer-S at 96^3)."""
     (tmp_path / "models").mkdir()
     (tmp_path / "models" / "Uniformer.py").write_text("")
-    bench = _load_script()
-    args = bench.parse_args(
+    args = _load_script().parse_args(
         ["--part", "step", "--preset", "small", "--roi", "96", "--batch", "1", "--modalities", "2",
          "--precision", "fp32", "--authors-repo", str(tmp_path)]
     )  # fmt: skip
     assert args.authors_batch == 2
     results = [_result("baseline", 80.0, 11.0), _result("ours", 40.0, 5.5), _result("authors", 100.0, 11.0, batch=2)]
     flops = {"counter": 137.6, "hand": 137.6}
-    bench.print_steps(args, results, {"fp32": 150.0, "bf16": 600.0}, flops, flops)
+    pretrain_step.print_steps(args, results, {"fp32": 150.0, "bf16": 600.0}, flops, flops)
     out = capsys.readouterr().out
     assert "1 cases x 2 modalities = 4 views" in out
     assert "2 cases x 1 random modality x 2 views = 4 views, fp32\n" in out
@@ -76,7 +82,7 @@ def test_step_table_and_ratios_side_by_side(tmp_path, capsys):
     assert f"{3 * 137.6 * 4 / 100.0:.1f} |" in out  # the authors' GFLOP/s: their 4 views in 100 s
 
     args.authors_batch = 3  # 6 views against our 4: said so, and the ratio line says it too
-    bench.print_steps(args, results[1:], {"fp32": 150.0, "bf16": 600.0}, flops, flops)
+    pretrain_step.print_steps(args, results[1:], {"fp32": 150.0, "bf16": 600.0}, flops, flops)
     out = capsys.readouterr().out
     assert "NOT the matched workload" in out and "ours (fp32) / authors (fp32), NOT the matched workload" in out
 
@@ -84,9 +90,8 @@ def test_step_table_and_ratios_side_by_side(tmp_path, capsys):
 def test_authors_repo_needs_the_authors_crop(tmp_path, capsys):
     (tmp_path / "models").mkdir()
     (tmp_path / "models" / "Uniformer.py").write_text("")
-    bench = _load_script()
     with pytest.raises(SystemExit) as stop:
-        bench.parse_args(["--roi", "32", "--authors-repo", str(tmp_path)])
+        _load_script().parse_args(["--roi", "32", "--authors-repo", str(tmp_path)])
     assert stop.value.code == 2
     assert "--authors-repo needs --roi 96" in capsys.readouterr().err
 
@@ -103,7 +108,8 @@ def test_authors_step_names_a_missing_package(subprocess_env, tmp_path):
     (tmp_path / "models" / "Uniformer.py").write_text("import brainmvp_absent_package\n")
     (tmp_path / "requirements.txt").write_text("brainmvp_absent_package==1.2.3\n")
     cfg = {"variant": "authors", "authors_repo": str(tmp_path), "batch": 2, "steps": 0, "threads": 1}
-    proc = _run(["--step-child", json.dumps(cfg)], subprocess_env, tmp_path)
+    child = ["-m", "brainmvp_components.benchmarks.pretrain_step"]  # the module each variant's subprocess runs
+    proc = _run(["--step-child", json.dumps(cfg)], subprocess_env, tmp_path, child)
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout.strip().splitlines()[-1].removeprefix("BENCHMARK_RESULT "))
     assert result == {
