@@ -15,8 +15,6 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-
 __all__ = ["atomic_torch_save", "atomic_write", "atomic_write_text", "write_json", "csv_text", "write_csv"]
 
 
@@ -76,6 +74,8 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
 
     Readers see either the previous file or the complete new one, never a partial write.
     """
+
+    import torch  # here, so that writing reports and cohorts does not load torch
 
     def write(tmp: str) -> None:
         with open(tmp, "wb") as f:
