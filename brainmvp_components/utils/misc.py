@@ -1,5 +1,5 @@
 """Small runtime helpers shared across the package: text flags from the command line, the process rank, and
-the module inside a data-parallel wrapper."""
+the module inside a data-parallel wrapper, and the orderly end of a distributed run."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 import torch.distributed as dist
 from torch import nn
 
-__all__ = ["as_flag", "is_rank_zero", "unwrap_module"]
+__all__ = ["as_flag", "is_rank_zero", "unwrap_module", "finish_distributed"]
 
 
 def as_flag(value: Any, name: str) -> bool:
@@ -38,3 +38,15 @@ def unwrap_module(obj: Any) -> Any:
     if isinstance(obj, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
         return obj.module
     return obj
+
+
+def finish_distributed() -> None:
+    """End a ``torch.distributed`` run: wait for every rank, then destroy the process group (no-op outside one).
+
+    Without the barrier a rank with less to do (no checkpointing, no logging) may tear down its communication
+    threads while a peer still talks to it; with gloo on CPU that aborts the process ("terminate called
+    without an active exception") after the work itself succeeded.
+    """
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
