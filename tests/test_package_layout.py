@@ -24,6 +24,7 @@ LAYERS = {
     "inference": 7,
     "handlers": 7,
     "studies": 8,
+    "clinical": 8,
     "benchmarks": 9,
 }
 
