@@ -7,7 +7,7 @@ tumour, enhancing tumour ET = enhancing. This module imports nothing heavy, so c
 
 from __future__ import annotations
 
-__all__ = ["NECROSIS_LABEL", "OEDEMA_LABEL", "BRATS_CONVENTIONS", "REGION_NAMES", "enhancing_label", "label_set"]
+__all__ = ["NECROSIS_LABEL", "OEDEMA_LABEL", "BRATS_CONVENTIONS", "REGION_NAMES", "enhancing_label", "label_set", "brats_label_names"]
 
 NECROSIS_LABEL = 1
 OEDEMA_LABEL = 2
@@ -31,3 +31,12 @@ def enhancing_label(convention: str) -> int:
 def label_set(convention: str) -> tuple[int, ...]:
     """All label values of a convention, background included: ``(0, 1, 2, 4)`` or ``(0, 1, 2, 3)``."""
     return (0, NECROSIS_LABEL, OEDEMA_LABEL, enhancing_label(convention))
+
+
+def brats_label_names(convention: str) -> dict[int, str]:
+    """Label value -> the BraTS name of the tissue, for outputs a viewer shows (DICOM SEG segment labels)."""
+    return {
+        NECROSIS_LABEL: "necrotic tumour core",
+        OEDEMA_LABEL: "peritumoural oedema",
+        enhancing_label(convention): "enhancing tumour",
+    }
