@@ -155,6 +155,8 @@ def test_overrides_by_name_description_and_regex():
         "override regex 'mpr\\\\b.*' matches series name 'MPR COR (series 1)' -> None",
     )
     assert identify_series(nifti("scan_a.nii.gz"), {"scan_a.nii.gz": "flair"}).modality == "flair"
+    found = identify_series(dicom("3D FLAIR SAG"), {"*flair*": "t2"})
+    assert found.evidence == "override pattern '*flair*' matches series name '3D FLAIR SAG (series 1)' -> t2"
     with pytest.raises(IdentificationError, match=r"^override 'x': unknown modality 't3'"):
         identify_series(dicom("x"), {"x": "t3"})
 

@@ -347,3 +347,16 @@ def _empty(tmp_path: Path) -> Path:
     folder = tmp_path / "empty"
     folder.mkdir()
     return folder
+
+
+def test_uneven_spacing_and_files_of_several_series_are_errors(tmp_path):
+    files = write(tmp_path / "u", "UNEVEN")
+    ds = pydicom.dcmread(files[5])
+    ds.ImagePositionPatient = [ds.ImagePositionPatient[0], ds.ImagePositionPatient[1], 10.8]
+    ds.save_as(files[5])
+    with pytest.raises(SeriesError) as caught:
+        read_dicom_series(files)
+    assert str(caught.value) == "series 'UNEVEN (series 1)': has uneven slice spacing (1.2 to 2.8 mm)"
+    other = write(tmp_path / "o", "OTHER")
+    with pytest.raises(SeriesError, match=r"^series 'OTHER \(series 1\)': files belong to 2 series"):
+        read_dicom_series(other + files)

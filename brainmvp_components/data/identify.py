@@ -3,7 +3,8 @@
 Evidence is weighed in this order, the first that decides wins:
 
 1. a user override (:func:`load_modality_map`): the series' exact name, file name or SeriesDescription, then
-   keys read as regular expressions (full match, case-insensitive), in the mapping's order;
+   keys read as regular expressions (full match, case-insensitive) or, failing that, shell-style patterns
+   (``*flair*``), in the mapping's order;
 2. for NIfTI, the file name through :func:`~brainmvp_components.data.modalities.modality_from_filename`;
 3. the names: SeriesDescription, then ProtocolName (for NIfTI the header's description, then the file name)
    against :data:`NON_TARGET_RULES` and then :data:`DESCRIPTION_RULES`; a non-empty ContrastBolusAgent turns
@@ -17,6 +18,7 @@ into a space, so ``t2_tirm_tra_dark-fluid`` is read as ``t2 tirm tra dark fluid`
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import re
@@ -212,15 +214,23 @@ def _override(series: ScanSeries, overrides: Mapping[str, str | None]) -> Identi
             modality = _override_value(overrides[text], f"override {text!r}")
             return Identification(series, modality, f"override {text!r} ({what}) -> {modality}")
     for key, value in overrides.items():
-        try:
-            pattern = re.compile(key, re.IGNORECASE)
-        except re.error:
-            continue
         for what, text in exact:
-            if text is not None and pattern.fullmatch(text):
+            if text is not None and (kind := _pattern_match(key, text)) is not None:
                 modality = _override_value(value, f"override {key!r}")
-                return Identification(series, modality, f"override regex {key!r} matches {what} {text!r} -> {modality}")
+                return Identification(
+                    series, modality, f"override {kind} {key!r} matches {what} {text!r} -> {modality}"
+                )
     return None
+
+
+def _pattern_match(key: str, text: str) -> str | None:
+    """``"regex"`` or ``"pattern"`` when ``key`` matches all of ``text`` as a regex or a shell-style glob."""
+    try:
+        if re.fullmatch(key, text, re.IGNORECASE):
+            return "regex"
+    except re.error:
+        pass
+    return "pattern" if any(c in key for c in "*?[") and fnmatch.fnmatchcase(text.lower(), key.lower()) else None
 
 
 def _names(series: ScanSeries) -> list[tuple[str, str]]:

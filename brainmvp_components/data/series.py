@@ -464,10 +464,17 @@ def _visible_files(case_dir: Path) -> list[Path]:
 
 
 def _dicom_header_or_none(path: Path) -> Dataset | None:
+    """The header of a DICOM file (with the DICM preamble), or ``None`` for any other file."""
     try:
-        return pydicom.dcmread(path, stop_before_pixels=True, force=False)
-    except (InvalidDicomError, OSError, EOFError, ValueError, KeyError, TypeError, AttributeError):
+        ds = pydicom.dcmread(path, stop_before_pixels=True, force=False)
+    except InvalidDicomError:
         return None
+    except Exception as error:  # a damaged file with a preamble is no series either
+        logger.debug("ignoring %s: not readable as DICOM (%s)", path, error)
+        return None
+    if str(ds.file_meta.get("MediaStorageSOPClassUID", "")) == MEDIA_STORAGE_DIRECTORY:
+        return None
+    return ds
 
 
 def _unique_names(series: list[ScanSeries]) -> None:
@@ -529,9 +536,7 @@ def read_study(case_dir: str | os.PathLike, *, strict: bool = True) -> tuple[lis
                 attempt(path.name, path, lambda p=path: read_nifti_series(p))
             continue
         ds = _dicom_header_or_none(path)
-        if ds is None or str(ds.get("MediaStorageSOPClassUID", "")) == MEDIA_STORAGE_DIRECTORY:
-            continue
-        if str(getattr(ds, "file_meta", {}).get("MediaStorageSOPClassUID", "")) == MEDIA_STORAGE_DIRECTORY:
+        if ds is None:
             continue
         uid = str(ds.get("SeriesInstanceUID") or "")
         if not uid:
