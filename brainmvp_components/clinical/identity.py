@@ -12,8 +12,9 @@ How far to trust it (measured on the synthetic cohort at 2 mm, templates the mea
   swapped, named the image that is really t2 "t2" in 9 of 9 (so ``consistent`` was False in 9 of 9);
 - only t2 stands out: its assignment margin (below) was 0.23-0.61; those of t1, t1c and flair were 0.00-0.05.
   t1 and t1c differ only by contrast enhancement (a small part of the brain), and the synthetic flair, CSF dark,
-  correlates with the t1 template as well as with its own. Voxel correlations cannot tell a t1/t1c swap, nor
-  flair from t1, in this cohort.
+  correlates with the t1 template as well as with its own. A t1/t1c swap was suggested correctly in 8 of 9 cases,
+  but by margins (0.00-0.05) that noise or other templates can flip: voxel correlations do not tell t1 from t1c,
+  nor flair from t1, with confidence.
 
 Images whose assignment margin is below :data:`RELIABLE_ASSIGNMENT_MARGIN` are therefore marked
 ``reliable=False``; act on :attr:`IdentityCheck.reliable_mismatches` and read an unreliable mismatch as "cannot
