@@ -24,6 +24,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from brainmvp_components.data.atlas import BRATS_ATLAS_AFFINE, BRATS_ATLAS_SHAPE
+from brainmvp_components.transforms.itk_bridge import block_mean as _block_mean
+from brainmvp_components.transforms.itk_bridge import import_itk as _itk
+from brainmvp_components.transforms.itk_bridge import ras_matrix as _transform_matrix
+from brainmvp_components.transforms.itk_bridge import set_ras_matrix as _set_matrix
+from brainmvp_components.transforms.itk_bridge import to_itk_image as _to_itk
+from brainmvp_components.transforms.itk_bridge import volume_moments
 
 __all__ = [
     "TemplateRegistration",
@@ -34,8 +40,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-_RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
 class RegistrationError(RuntimeError):
@@ -73,35 +77,6 @@ class TemplateRegistration:
             "transform_case_to_template_ras": np.round(self.transform, 6).tolist(),
             "quality": {k: (None if not math.isfinite(v) else round(float(v), 4)) for k, v in self.quality.items()},
         }
-
-
-def _itk():
-    try:
-        import itk
-    except ImportError as err:  # monai[itk] installs it; say what to do when it is absent
-        raise ImportError("template registration needs ITK: pip install itk (part of monai[itk])") from err
-    return itk
-
-
-def _to_itk(volume: np.ndarray, affine: np.ndarray):
-    """A float32 ITK image of ``volume (H, W, D)`` placed by the RAS ``affine``."""
-    itk = _itk()
-    image = itk.image_view_from_array(np.ascontiguousarray(np.asarray(volume, dtype=np.float32).transpose(2, 1, 0)))
-    lps = _RAS_TO_LPS @ np.asarray(affine, dtype=np.float64)
-    spacing = np.linalg.norm(lps[:3, :3], axis=0)
-    image.SetSpacing([float(s) for s in spacing])
-    image.SetOrigin([float(v) for v in lps[:3, 3]])
-    image.SetDirection(itk.matrix_from_array(np.ascontiguousarray(lps[:3, :3] / spacing)))
-    return image
-
-
-def _transform_matrix(transform) -> np.ndarray:
-    """The RAS ``(4, 4)`` matrix of an ITK affine (or matrix-offset) transform given in LPS."""
-    matrix = np.asarray(transform.GetMatrix(), dtype=np.float64).reshape(3, 3)
-    offset = np.asarray(transform.GetOffset(), dtype=np.float64)
-    lps = np.eye(4)
-    lps[:3, :3], lps[:3, 3] = matrix, offset
-    return _RAS_TO_LPS @ lps @ _RAS_TO_LPS
 
 
 def in_atlas_frame(
@@ -245,40 +220,12 @@ def register_to_template(
     )
 
 
-def _block_mean(volume: np.ndarray, affine: np.ndarray, spacing_mm: float) -> tuple[np.ndarray, np.ndarray]:
-    """Average blocks of whole voxels so that the spacing approaches ``spacing_mm`` (never finer than the input);
-    returns the smaller volume and its affine (voxel centres at the blocks' centres)."""
-    affine = np.asarray(affine, dtype=np.float64)
-    spacing = np.linalg.norm(affine[:3, :3], axis=0)
-    factors = [max(1, int(spacing_mm // s)) for s in spacing]
-    volume = np.asarray(volume, dtype=np.float32)
-    if factors == [1, 1, 1]:
-        return volume, affine
-    shape = [n // f for n, f in zip(volume.shape, factors)]
-    if min(shape) < 4:  # too small to shrink: keep the input
-        return volume, affine
-    cropped = volume[: shape[0] * factors[0], : shape[1] * factors[1], : shape[2] * factors[2]]
-    blocks = cropped.reshape(shape[0], factors[0], shape[1], factors[1], shape[2], factors[2]).mean(axis=(1, 3, 5))
-    scaled = affine.copy()
-    scaled[:3, :3] = affine[:3, :3] * np.asarray(factors, dtype=np.float64)
-    scaled[:3, 3] = affine[:3, :3] @ ((np.asarray(factors, dtype=np.float64) - 1) / 2) + affine[:3, 3]
-    return blocks, scaled
-
-
 def _moments(volume: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Centre of mass (world, RAS mm) and second-moment matrix of a non-negative volume."""
-    volume = np.clip(np.asarray(volume, dtype=np.float64), 0, None)
-    total = volume.sum()
-    if not np.isfinite(total) or total <= 0:
-        raise RegistrationError("the image is empty (no positive voxels): nothing to align")
-    step = max(1, int(round((volume.size / 2e5) ** (1 / 3))))  # a subsample is plenty for moments
-    sub = volume[::step, ::step, ::step]
-    index = np.stack(np.meshgrid(*[np.arange(0, n, step) for n in volume.shape], indexing="ij"), -1).reshape(-1, 3)
-    weights = sub.reshape(-1) / sub.sum()
-    world = index @ np.asarray(affine, dtype=np.float64)[:3, :3].T + np.asarray(affine, dtype=np.float64)[:3, 3]
-    centre = weights @ world
-    spread = (world - centre).T @ ((world - centre) * weights[:, None])
-    return centre, spread
+    """:func:`volume_moments`, raising :class:`RegistrationError` for an empty image."""
+    try:
+        return volume_moments(volume, affine)
+    except ValueError as err:
+        raise RegistrationError(str(err)) from err
 
 
 def _moments_transform(
@@ -293,14 +240,6 @@ def _moments_transform(
     matrix[:3, :3] *= scale
     matrix[:3, 3] = template_centre - scale * case_centre
     return matrix
-
-
-def _set_matrix(transform, ras: np.ndarray) -> None:
-    """Set an ITK affine transform (LPS) from a RAS ``(4, 4)`` matrix."""
-    itk = _itk()
-    lps = _RAS_TO_LPS @ np.asarray(ras, dtype=np.float64) @ _RAS_TO_LPS
-    transform.SetMatrix(itk.matrix_from_array(np.ascontiguousarray(lps[:3, :3])))
-    transform.SetOffset([float(v) for v in lps[:3, 3]])
 
 
 def moments_alignment(
