@@ -38,6 +38,7 @@ __all__ = [
     "colin27_head",
     "add_head",
     "export_study",
+    "oracle_preprocessing",
 ]
 
 _PAD_MM = 30.0
@@ -115,6 +116,7 @@ class ExportedStudy:
         truth_affine: that grid's affine.
         poses: modality -> ``(4, 4)`` RAS matrix from the atlas world of the embedded case to the series' world.
         swapped: the two modalities whose names were exchanged, if any.
+        images: modality -> ``(array, affine)`` of each series as written (before DICOM's integer scaling).
     """
 
     case_dir: Path
@@ -125,6 +127,7 @@ class ExportedStudy:
     truth_affine: np.ndarray
     poses: dict[str, np.ndarray]
     swapped: tuple[str, str] | None = None
+    images: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
 
 
 @functools.lru_cache(maxsize=1)
@@ -161,9 +164,9 @@ def add_head(
 ) -> tuple[dict[str, np.ndarray], np.ndarray, tuple[int, ...]]:
     """Skull and scalp around a skull-stripped case, on its grid padded by 30 mm.
 
-    The Colin27 brain mask is registered (affine, mutual information) to the case's brain mask and the head
-    around it follows; outside the case's brain each modality shows Colin27's non-brain tissue scaled to that
-    modality's white-matter signal, plus a noisy background (Rician-like, 2 % of white matter).
+    The Colin27 brain is aligned to the case's brain by their masks' centres and extents along each world axis
+    (:func:`_mask_alignment`) and the head around it follows; outside the case's brain each modality shows
+    Colin27's non-brain tissue scaled to that modality's white-matter signal, plus a noisy background (Rician-like, 2 % of white matter).
 
     Args:
         images: modality -> ``(H, W, D)`` skull-stripped volume (background exactly zero).
@@ -174,21 +177,15 @@ def add_head(
     Returns:
         (modality -> whole-head volume, its affine, its shape).
     """
-    from brainmvp_components.transforms.registration import register_to_template
-
     head, colin_mask, colin_affine = colin27_head()
     padded_affine, padded_shape = _padded_grid(affine, brain_mask.shape, _PAD_MM)
     to_case = np.linalg.inv(affine) @ padded_affine
     inside = ndi.affine_transform(
         brain_mask.astype(np.float32), to_case[:3, :3], to_case[:3, 3], output_shape=padded_shape, order=0
     )
-    registration = register_to_template(
-        inside, padded_affine, colin_mask.astype(np.float32), colin_affine, level_spacings_mm=(8.0, 4.0)
-    )
-    colin = _sample(head, colin_affine, registration.transform, padded_affine, padded_shape, order=1)
-    colin_brain = _sample(
-        colin_mask.astype(np.float32), colin_affine, registration.transform, padded_affine, padded_shape, order=1
-    )
+    to_colin = _mask_alignment(inside > 0, padded_affine, colin_mask, colin_affine)
+    colin = _sample(head, colin_affine, to_colin, padded_affine, padded_shape, order=1)
+    colin_brain = _sample(colin_mask.astype(np.float32), colin_affine, to_colin, padded_affine, padded_shape, order=1)
     in_case_grid = ndi.affine_transform(
         np.ones(brain_mask.shape, dtype=np.float32), to_case[:3, :3], to_case[:3, 3], output_shape=padded_shape, order=0
     )
@@ -211,11 +208,30 @@ def _brain_corners(mask: np.ndarray, affine: np.ndarray, margin_mm: float) -> np
     """World positions ``(3, 8)`` of the corners of the brain's bounding box grown by ``margin_mm`` (the head)."""
     index = np.argwhere(mask)
     low, high = index.min(axis=0), index.max(axis=0)
-    corners = np.array([[a, b, c, 1.0] for a in (low[0], high[0]) for b in (low[1], high[1]) for c in (low[2], high[2])])
+    corners = np.array(
+        [[a, b, c, 1.0] for a in (low[0], high[0]) for b in (low[1], high[1]) for c in (low[2], high[2])]
+    )
     world = (affine @ corners.T)[:3]
     centre = world.mean(axis=1, keepdims=True)
     direction = np.sign(world - centre)
     return world + margin_mm * direction
+
+
+def _mask_alignment(mask: np.ndarray, affine: np.ndarray, other: np.ndarray, other_affine: np.ndarray) -> np.ndarray:
+    """World of ``mask`` -> world of ``other``: centres of mass matched, and the spread (standard deviation) along
+    each world axis. Both brains are near the same orientation (the cohort rotates by at most 4 degrees)."""
+
+    def moments(m: np.ndarray, a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        points = (a[:3, :3] @ np.argwhere(m).T.astype(np.float64)) + a[:3, 3:4]
+        return points.mean(axis=1), points.std(axis=1)
+
+    centre, spread = moments(mask, affine)
+    other_centre, other_spread = moments(other, other_affine)
+    scale = other_spread / spread
+    transform = np.eye(4)
+    transform[:3, :3] = np.diag(scale)
+    transform[:3, 3] = other_centre - scale * centre
+    return transform
 
 
 def _pose(rng: np.random.Generator, protocol: SeriesProtocol, centre: np.ndarray) -> np.ndarray:
@@ -316,6 +332,7 @@ def export_study(
 
     series_paths: dict[str, Path] = {}
     poses: dict[str, np.ndarray] = {}
+    images: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     study_uid = None
     truth = truth_affine = None
     for number, entry in enumerate(entries, start=1):
@@ -323,6 +340,7 @@ def export_study(
         grid_affine, grid_shape = _series_grid(entry, (pose @ np.vstack([world_corners, np.ones(8)]))[:3])
         image = _acquire(heads[entry.modality], head_affine, pose, entry, grid_affine, grid_shape)
         poses[entry.modality] = pose
+        images[entry.modality] = (image, grid_affine)
         if number == 1:
             truth = _sample(
                 np.asarray(subject["label"]), subject["affine"], np.linalg.inv(pose), grid_affine, grid_shape, order=0
@@ -360,4 +378,23 @@ def export_study(
         truth_affine=truth_affine,
         poses=poses,
         swapped=tuple(swap) if swap else None,
+        images=images,
     )
+
+
+def oracle_preprocessing(study: ExportedStudy, subject: Mapping) -> dict[str, np.ndarray]:
+    """The study's series preprocessed with the truth: each resampled onto the embedded case's grid through its
+    known pose (perfect co-registration and atlas alignment) and masked by the case's brain mask (perfect brain
+    extraction). What a BraTS-style preprocessing of the exported series could at best give the network: the
+    information thick slices lost stays lost, so the hospital path is judged against this, beside the embedded
+    case itself.
+
+    Returns:
+        modality -> ``(H, W, D)`` float32 volume on the case's grid.
+    """
+    mask = np.asarray(subject["brain_mask"], dtype=bool)
+    out = {}
+    for modality, (image, affine) in study.images.items():
+        volume = _sample(image, affine, study.poses[modality], subject["affine"], mask.shape, order=1)
+        out[modality] = np.where(mask, np.maximum(volume, 0.0), 0.0).astype(np.float32)
+    return out

@@ -12,8 +12,8 @@ runs, per case, a sequence of steps, each done by a module with one job and each
    rigidly, each keeping its own grid (:mod:`~brainmvp_components.clinical.coregister`);
 4. extract the brain on the reference, or keep an already skull-stripped reference as it is
    (:mod:`~brainmvp_components.clinical.brain_mask`);
-5. align the reference's brain to the model's atlas frame (affine, mutual information with the distilled
-   template of the reference's modality) and resample every series there in one step, masked by the brain;
+5. align the reference's brain to the model's atlas frame (a similarity transform, mutual information with the
+   cohort's nominal brain) and resample every series there in one step, masked by the brain;
 6. check each series' identity against the templates; flag, or reorder, a study whose names disagree with its
    images (:mod:`~brainmvp_components.clinical.identity`);
 7. segment with the bundle's own preprocessing, network and inferer (missing modalities from the templates);
@@ -47,7 +47,7 @@ from brainmvp_components.data.atlas import atlas_grid
 from brainmvp_components.data.modalities import canonical_modalities
 from brainmvp_components.inference.batch import InferenceError, InferenceFailed
 from brainmvp_components.utils.misc import as_flag
-from brainmvp_components.utils.writers import write_csv, write_json
+from brainmvp_components.utils.writers import write_json
 
 __all__ = [
     "IDENTITY_ACTIONS",
@@ -56,6 +56,7 @@ __all__ = [
     "find_study_cases",
     "choose_reference",
     "load_trained_weights",
+    "names_from_identity",
 ]
 
 logger = logging.getLogger(__name__)
@@ -109,8 +110,30 @@ def load_trained_weights(network: torch.nn.Module, path: str | Path, device: str
         network.load_state_dict(state)
     except RuntimeError as err:
         first = str(err).splitlines()[0]
-        raise InferenceError(f"hospital studies not started: {path} does not fit the configured network: {first}")
+        raise InferenceError(
+            f"hospital studies not started: {path} does not fit the configured network: {first}"
+        ) from None
     return network.to(device)
+
+
+def names_from_identity(names: Sequence[str], reliable_mismatches: Mapping[str, str | None]) -> dict[str, str]:
+    """The renaming a study gets when images reliably look like other modalities than their names:
+    ``{claimed: shown}`` for the series to rename.
+
+    The usual export error is two names exchanged, and the identity check is sure of some modalities only (t2 stands
+    out; t1, t1c and FLAIR look alike to it), so a series named ``a`` that reliably shows ``b`` exchanges names with
+    the series named ``b``; when the study has no ``b``, it is simply renamed.
+    """
+    renaming: dict[str, str] = {}
+    for claimed, shown in reliable_mismatches.items():
+        if not shown or shown == claimed or claimed in renaming:
+            continue
+        if shown in names:
+            if shown not in renaming:
+                renaming[claimed], renaming[shown] = shown, claimed
+        else:
+            renaming[claimed] = shown
+    return renaming
 
 
 def find_study_cases(dataset_dir: str | Path) -> list[Path]:
@@ -153,7 +176,7 @@ class HospitalStudySegmenter:
             [names], "case": id}``) that loads, scales and imputes; it sees the atlas-frame volumes this class
             writes, so a hospital study meets exactly the preprocessing of an embedded case.
         templates: the distilled templates (:class:`~brainmvp_components.networks.templates.ModalityTemplates`),
-            used to align the reference to the atlas frame and to check identities.
+            used to check identities (and, through ``preprocessing``, to impute missing modalities).
         modalities: the model's input modalities, in channel order.
         output_dir: where every case's folder and ``qc.csv`` go.
         spacing: the model's grid spacing in mm (the atlas field of view sampled at it).
@@ -201,8 +224,8 @@ class HospitalStudySegmenter:
             raise ValueError(f"identity_action must be one of {IDENTITY_ACTIONS}, got {identity_action!r}")
         if templates is None:
             raise InferenceError(
-                "hospital studies need the distilled templates (to align a study to the model's frame); "
-                "none were found: set templates_dir"
+                "hospital studies need the distilled templates (to check modality identities and impute missing "
+                "ones); none were found: set templates_dir"
             )
         self.network = network
         self.inferer = inferer
@@ -273,12 +296,10 @@ class HospitalStudySegmenter:
         return list(results)
 
     def _write_run_report(self, results: Sequence[CaseResult]) -> Path:
-        from brainmvp_components.clinical.qc import QC_COLUMNS, qc_row
+        from brainmvp_components.clinical.qc import write_qc_csv
 
-        rows = [qc_row(r.qc) if r.qc else {"case": r.case, "error": r.error} for r in results]
-        path = self.output_dir / "qc.csv"
-        write_csv(path, rows, QC_COLUMNS)
-        return path
+        records = [r.qc if r.qc else {"case_id": r.case, "error": r.error} for r in results]
+        return write_qc_csv(records, self.output_dir / "qc.csv")
 
     def _case_dir(self, case: str) -> Path:
         return self.output_dir / case
@@ -287,7 +308,7 @@ class HospitalStudySegmenter:
     def segment_case(self, case_dir: str | Path) -> CaseResult:
         """Run the steps of the module docstring on one study folder and write its outputs."""
         from brainmvp_components.clinical.brain_mask import extract_brain
-        from brainmvp_components.clinical.qc import qc_flags, tumour_volumes
+        from brainmvp_components.clinical.qc import CaseQC, qc_flags, tumour_volumes
         from brainmvp_components.data.identify import assign_modalities
         from brainmvp_components.data.series import read_study
 
@@ -326,15 +347,17 @@ class HospitalStudySegmenter:
         mark = lap("brain_extraction", mark)
 
         to_atlas, atlas_record = self._align_to_atlas(reference.array, reference.affine, brain.mask, reference_modality)
-        images, atlas_mask = self._resample_to_atlas(assigned, transforms, to_atlas, brain.mask, reference)
+        images, atlas_mask, coverage = self._resample_to_atlas(assigned, transforms, to_atlas, brain.mask, reference)
         mark = lap("atlas_alignment", mark)
 
         identity = self._check_identity(images, atlas_mask)
         reordered = None
-        if not identity["consistent"] and identity["reliable"] and self.identity_action == "reorder":
-            reordered = {claimed: shown for claimed, shown in identity["suggested"].items() if claimed != shown}
-            images = {identity["suggested"][m]: volume for m, volume in images.items()}
-            logger.warning(f"{case}: series reordered by what the images show: {reordered}")
+        if identity.get("reliable_mismatches") and self.identity_action == "reorder":
+            renaming = names_from_identity(list(images), identity["reliable_mismatches"])
+            if renaming:
+                reordered = renaming
+                images = {renaming.get(m, m): volume for m, volume in images.items()}
+                logger.warning(f"{case}: series renamed by what their images show: {reordered}")
         mark = lap("identity_check", mark)
 
         out_dir = self._case_dir(case)
@@ -354,38 +377,45 @@ class HospitalStudySegmenter:
             outputs["preprocessed"] = str(work_dir)
         lap("writing", mark)
 
-        record = {
-            "case": case,
-            "reference_series": reference.name,
-            "reference_modality": reference_modality,
-            "series": {
+        quality = CaseQC(
+            case_id=case,
+            reference_series=reference.name,
+            registration_mi={
+                assigned[m].series.name: r["mutual_information"]
+                for m, r in registration_records.items()
+                if "mutual_information" in r
+            },
+            slice_thickness_mm={ident.series.name: float(max(ident.series.spacing)) for ident in assigned.values()},
+            brain_coverage=coverage,
+            brain_volume_ml=float(brain.volume_ml),
+            already_stripped=bool(brain.already_stripped),
+            brain_extraction=brain.method,
+            tumour_volume_ml=tumour_volumes(labels, reference.affine, self.label_convention),
+            tumour_outside_brain_fraction=float(outside_fraction),
+            identity=identity,
+            imputed_modalities=imputed,
+            seconds=time.perf_counter() - start,
+        )
+        record = quality.as_record()
+        record.update(
+            reference_modality=reference_modality,
+            series={
                 m: {
                     "name": ident.series.name,
                     "source": ident.series.source,
                     "evidence": ident.evidence,
                     "voxel_mm": [round(float(v), 3) for v in ident.series.spacing],
-                    "slice_thickness_mm": round(float(max(ident.series.spacing)), 3),
                     "registration": registration_records.get(m),
                 }
                 for m, ident in assigned.items()
             },
-            "skipped_series": [{"name": s.name, "reason": s.reason} for s in skipped],
-            "unused_series": [{"name": u.series.name, "evidence": u.evidence} for u in unassigned],
-            "atlas_alignment": atlas_record,
-            "brain_extraction": {
-                "method": brain.method,
-                "already_stripped": bool(brain.already_stripped),
-                "volume_ml": round(float(brain.volume_ml), 1),
-            },
-            "brain_volume_ml": round(float(brain.volume_ml), 1),
-            "identity_check": identity,
-            "reordered": reordered,
-            "imputed_modalities": imputed,
-            "tumour_volume_ml": tumour_volumes(labels, reference.affine, self.label_convention),
-            "tumour_outside_brain_fraction": round(float(outside_fraction), 4),
-            "outputs": {k: Path(v).name if k != "preprocessed" else v for k, v in outputs.items()},
-            "seconds": {**seconds, "total": round(time.perf_counter() - start, 2)},
-        }
+            skipped_series=[{"name": s.name, "reason": s.reason} for s in skipped],
+            unused_series=[{"name": u.series.name, "evidence": u.evidence} for u in unassigned],
+            atlas_alignment=atlas_record,
+            reordered=reordered,
+            outputs={k: (Path(v).name if k != "preprocessed" else v) for k, v in outputs.items()},
+            step_seconds=seconds,
+        )
         record["flags"] = qc_flags(record, self.qc_ranges)
         for flag in record["flags"]:
             logger.warning(f"{case}: FLAGGED: {flag}")
@@ -411,25 +441,26 @@ class HospitalStudySegmenter:
         return transforms, records
 
     def _align_to_atlas(self, array, affine, mask, modality: str) -> tuple[np.ndarray, dict]:
-        """Reference world -> atlas world, registering the template of the reference's modality (or the first
-        template) to the reference's brain."""
+        """Reference world -> atlas world: the reference's brain registered (similarity: rotation, translation,
+        size) to the cohort's nominal brain (:func:`~brainmvp_components.data.cohort.nominal_brain`), the frame
+        the training data vary around. Mutual information does not need the reference to be T1-weighted."""
+        from brainmvp_components.data.cohort import nominal_brain
         from brainmvp_components.transforms.registration import register_to_template
 
         brain = np.where(mask, array, 0.0).astype(np.float32)
         inside = brain[mask]
-        low, high = (np.percentile(inside, [5, 95]) if inside.size else (0.0, 1.0))
+        low, high = np.percentile(inside, [1, 99]) if inside.size else (0.0, 1.0)
         brain = np.where(mask, np.clip((brain - low) / max(high - low, 1e-6), 0.0, 1.0), 0.0).astype(np.float32)
-        arrays = self.templates.as_arrays()
-        template_modality = modality if modality in arrays else next(iter(arrays))
-        template_affine = self.templates.affine.detach().cpu().numpy()
+        target, _, target_affine = nominal_brain(2.0)
         result = register_to_template(
-            brain, affine, arrays[template_modality], template_affine, modality, template_modality,
-            level_spacings_mm=(8.0, 4.0, 2.0), iterations=(200, 100, 50),
+            brain, affine, target, target_affine, modality, "nominal_brain",
+            level_spacings_mm=(8.0, 4.0, 2.0), iterations=(200, 100, 50), transform_type="similarity",
         )  # fmt: skip
         return result.transform, result.as_record()
 
     def _resample_to_atlas(self, assigned, transforms, to_atlas, reference_mask, reference):
-        """Every series and the brain mask on the model's grid, masked by the brain (one resampling each)."""
+        """Every series and the brain mask on the model's grid, masked by the brain (one resampling each), and the
+        fraction of the brain inside each series' field of view."""
         from brainmvp_components.clinical.coregister import resample_to_grid
 
         from_atlas = np.linalg.inv(to_atlas)
@@ -437,14 +468,19 @@ class HospitalStudySegmenter:
             reference_mask.astype(np.float32), reference.affine, self.grid_affine, self.grid_shape,
             transform=from_atlas, order=1,
         ) > 0.5  # fmt: skip
-        images = {}
+        images, coverage = {}, {}
         for modality, ident in assigned.items():
+            to_series = transforms[modality] @ from_atlas
             volume = resample_to_grid(
-                ident.series.array, ident.series.affine, self.grid_affine, self.grid_shape,
-                transform=transforms[modality] @ from_atlas, order=1,
-            )  # fmt: skip
+                ident.series.array, ident.series.affine, self.grid_affine, self.grid_shape, transform=to_series, order=1
+            )
             images[modality] = np.where(mask, np.maximum(volume, 0.0), 0.0).astype(np.float32)
-        return images, mask
+            field_of_view = resample_to_grid(
+                np.ones(ident.series.shape, dtype=np.float32), ident.series.affine, self.grid_affine,
+                self.grid_shape, transform=to_series, order=0,
+            ) > 0  # fmt: skip
+            coverage[ident.series.name] = float((field_of_view & mask).sum() / max(mask.sum(), 1))
+        return images, mask, coverage
 
     def _check_identity(self, images: Mapping[str, np.ndarray], mask: np.ndarray) -> dict:
         from brainmvp_components.clinical.identity import check_modality_identity
@@ -452,12 +488,19 @@ class HospitalStudySegmenter:
         arrays = self.templates.as_arrays()
         wanted = [m for m in images if m in arrays]
         templates = {
-            m: np.asarray(self.templates.resample_to_grid(m, self.grid_affine, self.grid_shape)).reshape(self.grid_shape)
+            m: np.asarray(self.templates.resample_to_grid(m, self.grid_affine, self.grid_shape)).reshape(
+                self.grid_shape
+            )
             for m in self.modalities
             if m in arrays
         }
         if len(wanted) < 2:
-            return {"consistent": True, "reliable": False, "suggested": {m: m for m in images}, "note": "one series"}
+            return {
+                "consistent": True,
+                "suggested": {m: m for m in images},
+                "mismatches": {},
+                "reliable_mismatches": {},
+            }
         return check_modality_identity({m: images[m] for m in wanted}, templates, mask).as_record()
 
     def _write_model_inputs(self, case: str, images, mask, work_dir: Path) -> dict[str, Path]:
@@ -468,9 +511,7 @@ class HospitalStudySegmenter:
         for name, volume in {**images, "brain_mask": mask.astype(np.uint8)}.items():
             path = work_dir / f"{case}_{name}.nii.gz"
             image = nib.Nifti1Image(volume, self.grid_affine)
-            with atomic_write(path) as tmp:
-                nib.save(image, tmp)
-            files[name] = path
+            files[name] = atomic_write(path, lambda tmp, image=image: nib.save(image, tmp), suffix=".nii.gz")
         return files
 
     def _segment(self, case: str, files: Mapping[str, Path], present: Sequence[str]):
@@ -520,16 +561,16 @@ class HospitalStudySegmenter:
         nifti = out_dir / f"{case}_seg.nii.gz"
         image = nib.Nifti1Image(labels, reference.affine)
         image.set_data_dtype(np.uint8)
-        with atomic_write(nifti) as tmp:
-            nib.save(image, tmp)
-        outputs["segmentation"] = str(nifti)
+        outputs["segmentation"] = str(atomic_write(nifti, lambda tmp: nib.save(image, tmp), suffix=".nii.gz"))
         if self.write_dicom_seg and reference.source == "dicom":
             from brainmvp_components.clinical.dicom_seg import write_dicom_seg
             from brainmvp_components.data.brats import brats_label_names
 
             outputs["dicom_seg"] = str(
                 write_dicom_seg(
-                    labels, reference.dicom_files, out_dir / f"{case}_seg.dcm",
+                    labels,
+                    reference.dicom_files,
+                    out_dir / f"{case}_seg.dcm",
                     label_names=brats_label_names(self.label_convention),
                 )  # fmt: skip
             )
@@ -537,6 +578,8 @@ class HospitalStudySegmenter:
             from brainmvp_components.visualize.previews import save_overlay
 
             outputs["overlay"] = str(
-                save_overlay(reference.array, labels, out_dir / f"{case}_overlay.png", title=f"{case}: {reference.name}")
+                save_overlay(
+                    reference.array, labels, out_dir / f"{case}_overlay.png", title=f"{case}: {reference.name}"
+                )
             )
         return outputs

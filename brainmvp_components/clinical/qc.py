@@ -160,8 +160,6 @@ def qc_flags(record: Mapping[str, Any], ranges: Mapping[str, Any] = QC_RANGES) -
                 f"series named {claimed} looks like {looks_like} (assignment margin {margin:.2f} >= "
                 f"{ranges['min_identity_margin']})"
             )
-    if record.get("imputed_modalities"):
-        flags.append(f"modalities imputed from templates: {', '.join(record['imputed_modalities'])}")
     return flags
 
 
@@ -204,6 +202,7 @@ QC_COLUMNS = (
     "seconds",
     "n_flags",
     "flags",
+    "error",
 )
 """Columns of the QC CSV, one row per case."""
 
@@ -231,6 +230,7 @@ def _row(record: Mapping[str, Any]) -> dict[str, Any]:
         "seconds": record.get("seconds"),
         "n_flags": len(flags),
         "flags": "; ".join(flags),
+        "error": record.get("error"),
     }
 
 

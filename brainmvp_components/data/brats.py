@@ -7,7 +7,15 @@ tumour, enhancing tumour ET = enhancing. This module imports nothing heavy, so c
 
 from __future__ import annotations
 
-__all__ = ["NECROSIS_LABEL", "OEDEMA_LABEL", "BRATS_CONVENTIONS", "REGION_NAMES", "enhancing_label", "label_set", "brats_label_names"]
+__all__ = [
+    "NECROSIS_LABEL",
+    "OEDEMA_LABEL",
+    "BRATS_CONVENTIONS",
+    "REGION_NAMES",
+    "enhancing_label",
+    "label_set",
+    "brats_label_names",
+]
 
 NECROSIS_LABEL = 1
 OEDEMA_LABEL = 2

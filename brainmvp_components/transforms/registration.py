@@ -134,6 +134,7 @@ def register_to_template(
     sampling_fraction: float = 0.25,
     histogram_bins: int = 32,
     seed: int = 0,
+    transform_type: str = "affine",
 ) -> TemplateRegistration:
     """Register a template to one channel of a case (affine, Mattes mutual information, multi-resolution).
 
@@ -149,9 +150,12 @@ def register_to_template(
         sampling_fraction: fraction of the case's voxels sampled (randomly) for the metric at each level.
         histogram_bins: Mattes mutual information histogram bins.
         seed: seed of the metric's random sampling (repeatable results).
+        transform_type: ``"affine"`` (12 degrees of freedom) or ``"similarity"`` (rotation, translation and one
+            scale: 7). A blurred template constrains shear and per-axis scale poorly; a similarity keeps the
+            brain's shape and leaves its size free.
 
     Returns:
-        the registration (``method="affine_mutual_information"``).
+        the registration (``method="affine_mutual_information"`` or ``"similarity_mutual_information"``).
 
     Raises:
         RegistrationError: ITK failed (e.g. the images do not overlap after initialisation).
@@ -168,9 +172,15 @@ def register_to_template(
     fixed = _to_itk(case_small, case_small_affine)
     moving = _to_itk(template_small, template_small_affine)
     image_type = type(fixed)
-    transform_type = itk.AffineTransform[itk.D, 3]
+    if transform_type not in ("affine", "similarity"):
+        raise ValueError(f"transform_type must be 'affine' or 'similarity', got {transform_type!r}")
     try:
-        initial = transform_type.New()
+        if transform_type == "affine":
+            initial = itk.AffineTransform[itk.D, 3].New()
+        else:  # rotations about the brain's centre, not the world origin, keep the parameters well scaled
+            initial = itk.Similarity3DTransform[itk.D].New()
+            centre = _moments(case_volume, case_affine)[0]
+            initial.SetCenter([float(-centre[0]), float(-centre[1]), float(centre[2])])
         _set_matrix(initial, _moments_transform(case_volume, case_affine, template_volume, template_affine))
 
         metric = itk.MattesMutualInformationImageToImageMetricv4[image_type, image_type].New()
@@ -209,11 +219,13 @@ def register_to_template(
         registration.Update()
         value = float(optimizer.GetValue())
     except RuntimeError as err:
-        raise RegistrationError(f"ITK affine registration failed: {str(err).strip().splitlines()[-1]}") from err
+        raise RegistrationError(
+            f"ITK {transform_type} registration failed: {str(err).strip().splitlines()[-1]}"
+        ) from err
     transform = _transform_matrix(initial)
     return TemplateRegistration(
         transform=transform,
-        method="affine_mutual_information",
+        method=f"{transform_type}_mutual_information",
         fixed_modality=fixed_modality,
         template_modality=template_modality,
         quality={"mutual_information": -value, "seconds": time.perf_counter() - start},

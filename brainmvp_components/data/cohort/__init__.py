@@ -1,6 +1,12 @@
 """The embedded cohort: synthetic multi-parametric brain MRI on real MNI anatomy (``make_cohort`` writes one)."""
 
-from brainmvp_components.data.cohort.anatomy import MNI_FILES, MNITissueMaps, load_mni_tissue_maps, mni_file
+from brainmvp_components.data.cohort.anatomy import (
+    MNI_FILES,
+    MNITissueMaps,
+    load_mni_tissue_maps,
+    mni_file,
+    nominal_brain,
+)
 from brainmvp_components.data.cohort.naming import (
     COHORT_KINDS,
     LABEL_CONVENTIONS,
@@ -48,5 +54,6 @@ __all__ = [
     "synthesise_subject",
     "tissue_signals",
     "mni_file",
+    "nominal_brain",
     "make_cohort",
 ]

@@ -16,7 +16,7 @@ from scipy.spatial.transform import Rotation
 
 from brainmvp_components.data.atlas import BRATS_ATLAS_AFFINE, BRATS_ATLAS_SHAPE, atlas_grid
 
-__all__ = ["MNI_FILES", "MNITissueMaps", "mni_file", "load_mni_tissue_maps"]
+__all__ = ["MNI_FILES", "MNITissueMaps", "mni_file", "load_mni_tissue_maps", "nominal_brain"]
 
 
 @dataclass(frozen=True)
@@ -239,6 +239,31 @@ def _place_subject(rng: np.random.Generator, spacing: float, maps: MNITissueMaps
         coords[a] = out_to_mni[a, 0] * grid[0] + out_to_mni[a, 1] * grid[1] + out_to_mni[a, 2] * grid[2]
         coords[a] += out_to_mni[a, 3]
     return _Placement(shape=shape, affine=out_affine, box=box, mni_coords=coords, scale=scale)
+
+
+def nominal_brain(spacing: float = 2.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The cohort's brain before any subject's variation: the MNI brain at the centre of the atlas field of view,
+    unrotated, unscaled and undeformed (the placement every subject varies around).
+
+    Returns:
+        ``(t1_like, mask, affine)`` on ``atlas_grid(spacing)``: a T1-weighted-like image (white matter 1, grey
+        matter 0.6, CSF 0.15 inside the brain, 0 outside), the brain mask, and the grid's affine. A hospital
+        study is aligned to this image to enter the frame the cohort, and the models trained on it, share.
+    """
+    maps = load_mni_tissue_maps()
+    shape, out_affine = atlas_grid(spacing)
+    fov_centre = (BRATS_ATLAS_AFFINE @ np.array([(n - 1) / 2.0 for n in BRATS_ATLAS_SHAPE] + [1.0]))[:3]
+    forward = _translation(fov_centre) @ _translation(-maps.brain_centre)
+    out_to_mni = np.linalg.inv(maps.affine) @ np.linalg.inv(forward) @ out_affine
+    t1_like = 0.15 * maps.csf + 0.6 * maps.gm + 1.0 * maps.wm
+    sample = {
+        name: ndi.affine_transform(
+            volume.astype(np.float32), out_to_mni[:3, :3], out_to_mni[:3, 3], output_shape=shape, order=1
+        )
+        for name, volume in (("t1", t1_like), ("mask", maps.mask.astype(np.float32)))
+    }
+    mask = sample["mask"] >= 0.5
+    return np.where(mask, sample["t1"], 0.0).astype(np.float32), mask, out_affine
 
 
 def _sample(volume: np.ndarray, coords: np.ndarray, cval: float = 0.0) -> np.ndarray:
