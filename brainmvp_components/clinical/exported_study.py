@@ -166,7 +166,8 @@ def add_head(
 
     The Colin27 brain is aligned to the case's brain by their masks' centres and extents along each world axis
     (:func:`_mask_alignment`) and the head around it follows; outside the case's brain each modality shows
-    Colin27's non-brain tissue scaled to that modality's white-matter signal, plus a noisy background (Rician-like, 2 % of white matter).
+    Colin27's non-brain tissue scaled to that modality's white-matter signal, plus a noisy background
+    (Rician-like, 2 % of white matter).
 
     Args:
         images: modality -> ``(H, W, D)`` skull-stripped volume (background exactly zero).
