@@ -21,6 +21,7 @@ from brainmvp_components.data.cohort.signals import (
     spin_echo_signal,
     tissue_signals,
 )
+from brainmvp_components.data.cohort.sites import SITES, SITES_CSV_NAME, Site, assign_sites, get_site
 from brainmvp_components.data.cohort.subjects import subject_design, synthesise_subject
 from brainmvp_components.data.cohort.writer import PREVIEW_DIR_NAME, make_cohort
 
@@ -49,4 +50,9 @@ __all__ = [
     "tissue_signals",
     "mni_file",
     "make_cohort",
+    "SITES",
+    "SITES_CSV_NAME",
+    "Site",
+    "assign_sites",
+    "get_site",
 ]
