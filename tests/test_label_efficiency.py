@@ -15,6 +15,7 @@ import pytest
 from brainmvp_components.studies.label_efficiency import (
     DEFAULT_STUDY,
     INITIALISATIONS,
+    TASKS,
     cli_value,
     load_study,
     plan_runs,
@@ -63,6 +64,14 @@ def test_study_files_load_and_match_the_defaults():
     assert [p.initialisation.name for p in pretrains] == ["mae", "brainmvp"]  # scratch needs no pre-training
     assert len(finetunes) == 6
     assert all((f.pretrain is None) == (f.initialisation.name == "scratch") for f in finetunes)
+    # the pool study: the sizes its file's comments account for
+    pool = {task: load_study(STUDIES / "label_efficiency_pool.yaml", task=task) for task in TASKS}
+    pretrains, segmentation = plan_runs(pool["segmentation"])
+    assert len(pretrains) == 15 and len(segmentation) == 54 and len(plan_runs(pool["classification"])[1]) == 36
+    assert {f.labelled for f in segmentation if f.initialisation.name == "brainmvp-no-cl"} == {2.0}
+    assert {(f.initialisation.name, f.labelled) for f in segmentation if f.encoder == "frozen"} == {
+        ("scratch", 8.0), ("mae", 8.0), ("brainmvp", 8.0),
+    }  # fmt: skip
 
 
 @pytest.mark.parametrize(

@@ -124,7 +124,9 @@ TEST_SITES: dict[str, str] = {"in": "test", "out": "test_out"}
 """Test splits of a study's datalist: ``in``, held-out cases like the labelled ones (the ``test`` split);
 ``out``, cases of a site none of the labelled cases comes from (``test_out``; site studies only)."""
 
-_STAGE_DEFAULTS: dict[str, Any] = {"datalist": None, "cohort": {}, "configs": ["train.json"], "overrides": {}}
+_STAGE_DEFAULTS: dict[str, Any] = {
+    "datalist": None, "cohort": {}, "configs": ["train.json"], "overrides": {}, "frozen_overrides": {},
+}  # fmt: skip
 
 DEFAULT_STUDY: dict[str, Any] = {
     "output_dir": "label_efficiency",
@@ -190,7 +192,11 @@ TEMPLATE_CHOICES: tuple[str, ...] = ("pretrained", "none")
 def _merge(base: dict, update: Mapping) -> dict:
     out = copy.deepcopy(base)
     for key, value in update.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), dict) and key not in ("overrides",):
+        if (
+            isinstance(value, Mapping)
+            and isinstance(out.get(key), dict)
+            and key not in ("overrides", "frozen_overrides")
+        ):
             out[key] = _merge(out[key], value)
         else:
             out[key] = copy.deepcopy(value)
@@ -375,7 +381,9 @@ class FinetuneRun:
 
     @property
     def label(self) -> str:
-        amount = f"fraction {self.labelled:g}" if self.unit == "fraction" else f"{int(self.labelled)} {self.unit}"
+        count = int(self.labelled)
+        amount = f"{count} labelled case{'' if count == 1 else 's'}{' per class' * (self.unit == 'cases per class')}"
+        amount = f"fraction {self.labelled:g}" if self.unit == "fraction" else amount
         encoder = ", encoder frozen" if self.encoder == "frozen" else ""
         return f"fine-tune {self.initialisation.name} {amount}{encoder} seed {self.seed}"
 

@@ -221,8 +221,8 @@ def plot_label_efficiency(
 ) -> Path:
     """The label-efficiency figure (as the paper's Figure 3): one row of panels per test site (in-site,
     out-of-site), one panel per plotted metric of the task, the metric against the label amount, one line per
-    initialisation (dashed with the encoder frozen; mean over seeds, shaded ± one standard deviation). Written
-    atomically; returns the path.
+    initialisation (dashed with open squares for a frozen encoder; mean over seeds, shaded ± one standard
+    deviation). Written atomically; returns the path.
 
     Raises:
         ValueError: no rows.
@@ -249,8 +249,11 @@ def plot_label_efficiency(
                     continue
                 x, mean, std = (np.array(v, dtype=float) for v in zip(*points))
                 init = line.removesuffix(" (frozen)")
-                style = "--" if line.endswith("(frozen)") else "-"
-                (drawn,) = ax.plot(x * scale, mean, style, marker="o", label=line, color=colours.get(init))
+                frozen = line.endswith("(frozen)")
+                (drawn,) = ax.plot(
+                    x * scale, mean, "--" if frozen else "-", marker="s" if frozen else "o",
+                    fillstyle="none" if frozen else "full", label=line, color=colours.get(init),
+                )  # fmt: skip
                 colours.setdefault(init, drawn.get_color())
                 ax.fill_between(x * scale, mean - std, mean + std, color=drawn.get_color(), alpha=0.15, linewidth=0)
             if unit != "fraction" and len(amounts) > 1:
