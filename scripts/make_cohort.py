@@ -5,6 +5,7 @@ Examples::
     python scripts/make_cohort.py --out data/brats_syn --kind brats --subjects 8 --preview
     python scripts/make_cohort.py --out data/pretrain_syn --kind pretrain --subjects 32 --missing-rate 0.4
     python scripts/make_cohort.py --out data/adni_syn --kind adni --subjects 40 --spacing 1
+    python scripts/make_cohort.py --out data/pool --kind pretrain --subjects 200 --sites A,B,C,D --missing-rate 0.1
 
 Exit status: 0 on success, 2 for unusable arguments.
 """
@@ -15,7 +16,7 @@ import argparse
 import logging
 import sys
 
-from brainmvp_components.data.cohort import COHORT_KINDS, LABEL_CONVENTIONS, make_cohort
+from brainmvp_components.data.cohort import COHORT_KINDS, LABEL_CONVENTIONS, SITES, make_cohort
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -34,6 +35,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         choices=LABEL_CONVENTIONS,
         help="file names and enhancing label: brats2021 (t1ce, label 4) or brats2023 (t1n/t1c/t2w/t2f, label 3)",
     )
+    parser.add_argument(
+        "--sites",
+        default=None,
+        help="comma-separated acquisition sites (docs/cohort.md), assigned round-robin, e.g. A,B,C,D "
+        f"(known: {','.join(SITES)}; default: the nominal protocol)",
+    )
     parser.add_argument("--preview", action="store_true", help="also write one PNG per case to OUT/.previews")
     return parser.parse_args(argv)
 
@@ -51,6 +58,7 @@ def main(argv=None) -> int:
             missing_rate=args.missing_rate,
             label_convention=args.label_convention,
             preview=args.preview,
+            sites=[s.strip() for s in args.sites.split(",") if s.strip()] if args.sites else None,
         )
     except (ValueError, NotADirectoryError) as e:
         logging.getLogger("make_cohort").error("%s", e)

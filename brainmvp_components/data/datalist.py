@@ -10,11 +10,12 @@ The datalist format is described in ``docs/data.md``.
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -157,6 +158,7 @@ def build_datalist(
             logger.warning("excluding %s", problem)
 
     root = out_file.parent
+    site_of = _read_sites(data_dir)
     union = [m for m in CANONICAL_MODALITIES if any(m in c.images for c in sound)]
     entries: dict[str, dict[str, Any]] = {}
     for case in sound:
@@ -174,6 +176,8 @@ def build_datalist(
         elif case.label is not None:
             entry["label"] = _relative(case.label, root)
         entry["missing_modalities"] = [m for m in union if m not in case.images]
+        if case.case in site_of:
+            entry["site"] = site_of[case.case]
         entries[case.case] = entry
 
     strata = {case: entry["label"] for case, entry in entries.items()} if class_rows is not None else None
@@ -233,6 +237,17 @@ def build_datalist(
         union,
     )
     return datalist
+
+
+def _read_sites(data_dir: Path) -> dict[str, str]:
+    """``case -> site`` from ``data_dir/sites.csv`` (written by cohorts with sites); empty without the file."""
+    from brainmvp_components.data.cohort.sites import SITES_CSV_NAME
+
+    path = data_dir / SITES_CSV_NAME
+    if not path.is_file():
+        return {}
+    with open(path, newline="") as f:
+        return {row["case"]: row["site"] for row in csv.DictReader(f)}
 
 
 def load_datalist(
@@ -338,6 +353,7 @@ def ensure_datalist(
     subjects: int = 8,
     seed: int = 0,
     spacing: float = 2.0,
+    cohort_options: Mapping[str, Any] | None = None,
     **build_kwargs: Any,
 ) -> str:
     """Path of ``dataset_dir/datalist.json``, generating the embedded cohort and the datalist when missing.
@@ -345,7 +361,8 @@ def ensure_datalist(
     When ``dataset_dir`` holds no case folder, the embedded cohort of ``kind`` (``"pretrain"``, ``"brats"``,
     ``"adni"``) is generated there first (:func:`brainmvp_components.data.cohort.make_cohort`). A missing datalist
     is then built and verified by :func:`build_datalist` (``build_kwargs`` are passed on). An existing
-    datalist is returned as is. Several processes may call this at once (the ranks of a ``torchrun`` job):
+    datalist is returned as is. ``cohort_options`` are further arguments of ``make_cohort`` (``sites``,
+    ``missing_rate``). Several processes may call this at once (the ranks of a ``torchrun`` job):
     an exclusive lock on ``dataset_dir/.datalist.lock`` lets one of them do the work while the others wait,
     then find the datalist written.
 
@@ -366,7 +383,7 @@ def ensure_datalist(
             logger.info(
                 "%s holds no cases: generating the embedded %r cohort (%d subjects)", dataset_dir, kind, subjects
             )
-            make_cohort(dataset_dir, kind, subjects, seed=seed, spacing=spacing)
+            make_cohort(dataset_dir, kind, subjects, seed=seed, spacing=spacing, **dict(cohort_options or {}))
         build_kwargs.setdefault("seed", seed)
         build_datalist(dataset_dir, out_file, **build_kwargs)
     return str(out_file)

@@ -2,6 +2,7 @@
 
 from brainmvp_components.networks.accelerated import AutocastInference, accelerated_inference_network
 from brainmvp_components.networks.backbones import SwinEncoder
+from brainmvp_components.networks.freezing import EncoderFreezing, trainable_parameters, with_frozen_encoder
 from brainmvp_components.networks.pretrain import (
     BrainMVPPretrainModel,
     PretrainDecoder,
@@ -45,4 +46,7 @@ __all__ = [
     "ResUNetDecoder",
     "ResUNet",
     "brainmvp_resunet",
+    "EncoderFreezing",
+    "trainable_parameters",
+    "with_frozen_encoder",
 ]

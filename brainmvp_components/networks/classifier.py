@@ -14,6 +14,8 @@ import re
 import torch
 from torch import nn
 
+from brainmvp_components.networks.freezing import EncoderFreezing
+
 __all__ = ["BrainMVPClassifier"]
 
 logger = logging.getLogger(__name__)
@@ -21,7 +23,7 @@ logger = logging.getLogger(__name__)
 _STAGE_PATTERN = re.compile(r"^(?:patch_embed|blocks|stages?|layers?)(\d+)$")
 
 
-class BrainMVPClassifier(nn.Module):
+class BrainMVPClassifier(EncoderFreezing, nn.Module):
     """Pre-trained encoder, global average pooling of its deepest features and a linear head.
 
     Args:
@@ -33,7 +35,8 @@ class BrainMVPClassifier(nn.Module):
 
     Input ``(B, C, H, W, D)``; output logits ``(B, num_classes)``. The encoder is the submodule ``encoder``, so
     :func:`~brainmvp_components.weights.pretrained.load_pretrained_encoder` and the consistency trainer's
-    ``feature_layer="encoder"`` find it by name.
+    ``feature_layer="encoder"`` find it by name. Its ``freeze_encoder()`` (from
+    :class:`~brainmvp_components.networks.freezing.EncoderFreezing`) is linear probing: only the head trains.
 
     Example::
 
@@ -54,7 +57,6 @@ class BrainMVPClassifier(nn.Module):
         self.num_classes = int(num_classes)
         self.dropout = nn.Dropout(float(dropout))
         self.head = nn.Linear(int(channels[-1]), self.num_classes)
-        self.encoder_frozen = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``(B, num_classes)`` for ``x (B, C, H, W, D)``."""
@@ -63,23 +65,6 @@ class BrainMVPClassifier(nn.Module):
         return self.head(self.dropout(pooled))
 
     # ------------------------------------------------------------------ protocols
-    def freeze_encoder(self, freeze: bool = True) -> BrainMVPClassifier:
-        """Linear probing: stop gradients to the encoder and keep it in eval mode; returns ``self``.
-
-        In eval mode the encoder's BatchNorm layers normalise with their pre-trained running statistics and
-        do not update them, and stochastic depth is off, so training only moves the head. ``freeze=False``
-        undoes it (the encoder then follows the network's train/eval mode again).
-        """
-        self.encoder_frozen = bool(freeze)
-        self.encoder.requires_grad_(not self.encoder_frozen)
-        return self.train(self.training)
-
-    def train(self, mode: bool = True) -> BrainMVPClassifier:
-        super().train(mode)
-        if self.encoder_frozen:
-            self.encoder.eval()
-        return self
-
     def encoder_stage(self, name: str) -> int:
         """Stage (1-based, 1 = input stem) of the encoder parameter ``name`` (relative to the encoder).
 

@@ -14,6 +14,7 @@ import torch
 from monai.networks.blocks import UnetOutBlock, UnetrUpBlock
 from torch import nn
 
+from brainmvp_components.networks.freezing import EncoderFreezing
 from brainmvp_components.networks.uniformer import UNIFORMER_PRESETS, PatchEmbed3D, UniFormer3D
 
 __all__ = ["UniUNetDecoder", "UniUNet", "brainmvp_uniunet"]
@@ -81,7 +82,7 @@ class UniUNetDecoder(nn.Module):
         return self.out(d2), d4, d3
 
 
-class UniUNet(nn.Module):
+class UniUNet(EncoderFreezing, nn.Module):
     """BrainMVP's downstream segmentation network: an encoder, :class:`UniUNetDecoder` and deep supervision.
 
     Args:
@@ -107,6 +108,9 @@ class UniUNet(nn.Module):
 
     The upsampled deep-supervision logits are the outputs of the parameter-free modules ``ms_up[0]`` and
     ``ms_up[1]``, so a forward hook can capture them by name.
+
+    ``freeze_encoder()`` (:class:`~brainmvp_components.networks.freezing.EncoderFreezing`) trains the decoder
+    and heads on frozen encoder features.
 
     State-dict layout (as the authors'): ``encoder.*``, ``decoder.decoder{5,4,3,2}.*``, ``decoder.proj1.*``,
     ``decoder.out.*``, ``ms_out.{0,1}.{weight,bias}``.

@@ -1,13 +1,17 @@
 """Label-efficiency studies: the study definition, its runs, the results file and the report.
 
 A study compares initialisations of the downstream encoder (training from scratch, a masked-image-modelling
-baseline, BrainMVP and its ablations) at several fractions of the training labels and several seeds, as the
-paper's label-efficiency figure does. Every pre-training and every fine-tuning is a ``python -m monai.bundle run``
-of the project's bundles with configuration overrides (``scripts/label_efficiency.py`` runs them); this module
-holds what does not need a subprocess:
+baseline, BrainMVP and its ablations) at several amounts of training labels (fractions of the training split, or
+absolute numbers of labelled cases), with the encoder fine-tuned or frozen, and several seeds, as the paper's
+label-efficiency figure does. With ``sites`` the data come from several acquisition sites: the encoders
+pre-train on an unlabelled multi-site pool, the labelled cases come from one site, and every fine-tuning is
+tested on held-out cases of that site (``in``) and of another (``out``). Every pre-training and every
+fine-tuning is a ``python -m monai.bundle run`` of the project's bundles with configuration overrides
+(:mod:`brainmvp_components.studies.runner` runs them); this module holds the study's definition:
 
 - :func:`load_study` reads and checks a study file (YAML or JSON) over :data:`DEFAULT_STUDY`;
 - :func:`plan_runs` lists the pre-trainings and fine-tunings, :func:`bundle_command` builds their command lines;
+- :mod:`brainmvp_components.studies.site_splits` writes the labelled sets and test splits of a site study;
 - :func:`read_run_metrics` reads the test-split metrics a bundle evaluation wrote;
 - :mod:`brainmvp_components.studies.results` keeps the results file and turns it into tables and the figure.
 """
@@ -27,8 +31,10 @@ import numpy as np
 
 __all__ = [
     "DEFAULT_STUDY",
+    "ENCODER_USES",
     "INITIALISATIONS",
     "TASKS",
+    "TEST_SITES",
     "Initialisation",
     "TaskSpec",
     "PretrainRun",
@@ -109,7 +115,18 @@ TASKS: dict[str, TaskSpec] = {
 """Downstream tasks: the segmentation bundle (test-split Dice and HD95 per region) and the classification
 bundle (test-split accuracy, balanced accuracy, AUC, F1)."""
 
-_STAGE_DEFAULTS: dict[str, Any] = {"datalist": None, "cohort": {}, "configs": ["train.json"], "overrides": {}}
+ENCODER_USES: dict[str, dict[str, Any]] = {"finetune": {}, "frozen": {"freeze_encoder": True}}
+"""How the downstream training uses the encoder, and the bundle overrides that make it so: every weight trains
+(``finetune``), or the encoder is frozen (``frozen``: linear probing for classification, a decoder on frozen
+features for segmentation)."""
+
+TEST_SITES: dict[str, str] = {"in": "test", "out": "test_out"}
+"""Test splits of a study's datalist: ``in``, held-out cases like the labelled ones (the ``test`` split);
+``out``, cases of a site none of the labelled cases comes from (``test_out``; site studies only)."""
+
+_STAGE_DEFAULTS: dict[str, Any] = {
+    "datalist": None, "cohort": {}, "configs": ["train.json"], "overrides": {}, "frozen_overrides": {},
+}  # fmt: skip
 
 DEFAULT_STUDY: dict[str, Any] = {
     "output_dir": "label_efficiency",
@@ -117,6 +134,11 @@ DEFAULT_STUDY: dict[str, Any] = {
     "initialisations": list(INITIALISATIONS),
     "extra_initialisations": {},
     "fractions": [0.1, 0.2, 0.4, 1.0],
+    "labelled_cases": None,
+    "encoders": ["finetune"],
+    "frozen_at": None,
+    "only_at": {},
+    "sites": None,
     "seeds": 3,
     "templates": "pretrained",
     "workers": 1,
@@ -134,12 +156,32 @@ DEFAULT_STUDY: dict[str, Any] = {
         "evaluate_configs": ["evaluate.json"],
     },
 }
+SITE_DEFAULTS: dict[str, Any] = {
+    "pool": ["A", "B", "C", "D"],
+    "missing_rate": 0.1,
+    "labelled": "A",
+    "out_of_site": "D",
+    "validation": 4,
+    "test": 8,
+}
+"""``sites`` of a site study, when given: the pre-training pool's sites (round-robin) and modality drop rate, the
+labelled site, the out-of-site test site, and the held-out validation and test cases per site (per class for
+classification)."""
+
 """The study when a study file says nothing else (``scripts/studies/default.yaml`` spells it out): the issue's
 design (label fractions 0.1, 0.2, 0.4 and 1.0, three seeds, every built-in initialisation) at the bundles' full
 settings on the embedded cohorts. Stage settings: ``datalist`` (``None``: generate the embedded cohort with
 ``cohort``), ``configs`` (the bundle's config files, names relative to its ``configs`` folder, later ones
 overriding earlier ones), ``overrides`` (``--key value`` pairs for every run of the stage) and, downstream,
-``evaluate_configs`` (added to ``configs`` for the test-split evaluation)."""
+``evaluate_configs`` (added to ``configs`` for the test-split evaluation) and ``frozen_overrides`` (added for
+runs with a frozen encoder).
+
+The labels: ``fractions`` of the datalist's training split, unless ``labelled_cases`` gives absolute numbers
+(a list, or a mapping task -> list; per class for classification), which needs ``sites`` or a datalist with one
+``datalist_labelled<n>.json`` per number beside it. ``encoders``: ``finetune`` and/or ``frozen``;
+``frozen_at``: the label amounts of the frozen runs (``None``: all). ``only_at``: initialisation -> the label
+amounts it runs at (the ablations at one amount). ``sites``: ``None`` for one cohort, else a mapping over
+:data:`SITE_DEFAULTS`."""
 
 COHORT_KINDS: dict[str, str] = {"pretrain": "pretrain", "segmentation": "brats", "classification": "adni"}
 """The embedded cohort of each stage."""
@@ -150,7 +192,11 @@ TEMPLATE_CHOICES: tuple[str, ...] = ("pretrained", "none")
 def _merge(base: dict, update: Mapping) -> dict:
     out = copy.deepcopy(base)
     for key, value in update.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), dict) and key not in ("overrides",):
+        if (
+            isinstance(value, Mapping)
+            and isinstance(out.get(key), dict)
+            and key not in ("overrides", "frozen_overrides")
+        ):
             out[key] = _merge(out[key], value)
         else:
             out[key] = copy.deepcopy(value)
@@ -219,6 +265,32 @@ def _checked(study: dict[str, Any]) -> dict[str, Any]:
     if not fractions or any(not 0.0 < f <= 1.0 for f in fractions) or len(set(fractions)) != len(fractions):
         raise ValueError(f"fractions must be distinct label fractions in (0, 1], got {study['fractions']}")
     study["fractions"] = fractions
+    study["labelled_cases"] = _labelled_cases(study)
+    encoders = list(study["encoders"])
+    if not encoders or any(e not in ENCODER_USES for e in encoders) or len(set(encoders)) != len(encoders):
+        raise ValueError(f"encoders must be distinct names among {list(ENCODER_USES)}, got {study['encoders']}")
+    study["encoders"] = encoders
+    amounts = label_amounts(study)
+    if study["frozen_at"] is not None:
+        study["frozen_at"] = sorted(float(a) for a in study["frozen_at"])
+        if any(a not in amounts for a in study["frozen_at"]):
+            raise ValueError(f"frozen_at {study['frozen_at']} names label amounts the study lacks ({amounts})")
+    only_at = {str(k): sorted(float(a) for a in v) for k, v in (study["only_at"] or {}).items()}
+    for name, chosen in only_at.items():
+        if name not in names or any(a not in amounts for a in chosen):
+            raise ValueError(f"only_at {name!r}: {chosen} must name a study initialisation and label amounts {amounts}")
+    study["only_at"] = only_at
+    if study["sites"] is not None:
+        unknown = sorted(set(study["sites"]) - set(SITE_DEFAULTS))
+        if unknown:
+            raise ValueError(f"sites: unknown setting(s) {unknown}; known: {sorted(SITE_DEFAULTS)}")
+        study["sites"] = {**SITE_DEFAULTS, **study["sites"]}
+        if study["labelled_cases"] is None:
+            raise ValueError("a study with sites gives labelled_cases (numbers of labelled cases of the site)")
+        if study["sites"]["labelled"] == study["sites"]["out_of_site"]:
+            raise ValueError("sites: the out-of-site test site must differ from the labelled site")
+    elif study["labelled_cases"] is not None and study[study["task"]].get("datalist") is None:
+        raise ValueError("labelled_cases needs sites (or a datalist with datalist_labelled<n>.json beside it)")
     seeds = study["seeds"]
     seeds = list(range(int(seeds))) if isinstance(seeds, int) else [int(s) for s in seeds]
     if not seeds or len(set(seeds)) != len(seeds):
@@ -229,6 +301,41 @@ def _checked(study: dict[str, Any]) -> dict[str, Any]:
     study["workers"] = int(study["workers"])
     study["devices"] = [str(d) for d in (study["devices"] or [])]
     return study
+
+
+def _labelled_cases(study: Mapping[str, Any]) -> list[int] | None:
+    value = study["labelled_cases"]
+    if isinstance(value, Mapping):
+        value = value.get(study["task"])
+    if value is None:
+        return None
+    counts = sorted(int(c) for c in value)
+    if not counts or counts[0] < 1 or len(set(counts)) != len(counts):
+        raise ValueError(f"labelled_cases must be distinct positive numbers, got {value}")
+    return counts
+
+
+def label_amounts(study: Mapping[str, Any]) -> list[float]:
+    """The label amounts a study trains with: its ``labelled_cases`` (as floats) or its ``fractions``."""
+    counts = study["labelled_cases"]
+    return [float(c) for c in counts] if counts is not None else list(study["fractions"])
+
+
+def label_unit(study: Mapping[str, Any]) -> str:
+    """``cases`` (``labelled_cases``; per class for classification) or ``fraction``."""
+    if study["labelled_cases"] is None:
+        return "fraction"
+    return "cases per class" if study["task"] == "classification" else "cases"
+
+
+def test_sites(study: Mapping[str, Any]) -> list[str]:
+    """The test splits every fine-tuning is evaluated on (keys of :data:`TEST_SITES`)."""
+    return ["in", "out"] if study["sites"] is not None else ["in"]
+
+
+def amount_name(amount: float, unit: str) -> str:
+    """A label amount in run labels and folder names: ``labelled4`` or ``fraction0.2``."""
+    return f"labelled{int(amount)}" if unit != "fraction" else f"fraction{amount:g}"
 
 
 @dataclass(frozen=True)
@@ -252,41 +359,59 @@ class PretrainRun:
 
 @dataclass(frozen=True)
 class FinetuneRun:
-    """One fine-tuning (and test-split evaluation) of one initialisation at one label fraction with one seed."""
+    """One downstream training (and its test evaluations) of one initialisation at one label amount (a fraction
+    or a number of labelled cases, as ``unit`` says), with the encoder fine-tuned or frozen, with one seed."""
 
     task: str
     initialisation: Initialisation
-    fraction: float
+    labelled: float
     seed: int
     pretrain: PretrainRun | None = field(default=None, compare=False)
+    encoder: str = "finetune"
+    unit: str = "fraction"
 
     @property
-    def key(self) -> tuple[str, float, int]:
-        return (self.initialisation.name, self.fraction, self.seed)
+    def key(self) -> tuple[str, float, str, int]:
+        return (self.initialisation.name, self.labelled, self.encoder, self.seed)
+
+    @property
+    def fraction(self) -> float | None:
+        """The label fraction of a fraction study (``None`` for labelled-case counts)."""
+        return self.labelled if self.unit == "fraction" else None
 
     @property
     def label(self) -> str:
-        return f"fine-tune {self.initialisation.name} fraction {self.fraction:g} seed {self.seed}"
+        count = int(self.labelled)
+        amount = f"{count} labelled case{'' if count == 1 else 's'}{' per class' * (self.unit == 'cases per class')}"
+        amount = f"fraction {self.labelled:g}" if self.unit == "fraction" else amount
+        encoder = ", encoder frozen" if self.encoder == "frozen" else ""
+        return f"fine-tune {self.initialisation.name} {amount}{encoder} seed {self.seed}"
 
     def run_dir(self, root: Path) -> Path:
-        return root / self.task / self.initialisation.name / f"fraction{self.fraction:g}" / f"seed{self.seed}"
+        amount = amount_name(self.labelled, self.unit)
+        return root / self.task / self.initialisation.name / amount / self.encoder / f"seed{self.seed}"
 
 
 def plan_runs(study: Mapping[str, Any]) -> tuple[list[PretrainRun], list[FinetuneRun]]:
     """Every pre-training and fine-tuning of a study, in the order they run: the pre-trainings seed by seed,
-    then the fine-tunings seed by seed, smallest fraction first (so a partial study covers every initialisation
-    early)."""
+    then the fine-tunings seed by seed, smallest label amount first (so a partial study covers every
+    initialisation early). An initialisation in ``only_at`` runs at those amounts only; frozen runs at
+    ``frozen_at`` only."""
     pretrains = {
         (init.name, seed): PretrainRun(init, seed)
         for seed in study["seeds"]
         for init in study["initialisations"]
         if init.pretrain_overrides is not None
     }
+    unit = label_unit(study)
     finetunes = [
-        FinetuneRun(study["task"], init, fraction, seed, pretrains.get((init.name, seed)))
+        FinetuneRun(study["task"], init, amount, seed, pretrains.get((init.name, seed)), encoder, unit)
         for seed in study["seeds"]
-        for fraction in study["fractions"]
+        for amount in label_amounts(study)
+        for encoder in study["encoders"]
         for init in study["initialisations"]
+        if amount in study["only_at"].get(init.name, [amount])
+        and (encoder != "frozen" or study["frozen_at"] is None or amount in study["frozen_at"])
     ]
     return list(pretrains.values()), finetunes
 

@@ -27,6 +27,7 @@ from brainmvp_components.data.cohort.signals import (
     spin_echo_signal,
     tissue_signals,
 )
+from brainmvp_components.data.cohort.sites import SITES, SITES_CSV_NAME, Site, assign_sites, get_site
 from brainmvp_components.data.cohort.subjects import subject_design, synthesise_subject
 from brainmvp_components.data.cohort.writer import PREVIEW_DIR_NAME, make_cohort
 
@@ -56,4 +57,9 @@ __all__ = [
     "mni_file",
     "nominal_brain",
     "make_cohort",
+    "SITES",
+    "SITES_CSV_NAME",
+    "Site",
+    "assign_sites",
+    "get_site",
 ]

@@ -105,15 +105,17 @@ def _jittered_tissues(rng: np.random.Generator) -> dict[str, TissueParameters]:
     }
 
 
-def tissue_signals(modality: str, tissues: Mapping[str, TissueParameters], tr_scale=1.0, te_scale=1.0):
-    """Signal of each tissue for one modality (``SEQUENCES[modality]`` with TR/TE scaled)."""
+def tissue_signals(modality: str, tissues: Mapping[str, TissueParameters], tr_scale=1.0, te_scale=1.0, ti_scale=1.0):
+    """Signal of each tissue for one modality (``SEQUENCES[modality]`` with TR/TE scaled; an inversion
+    recovery's TI is the CSF-nulling time at the scaled TR, times ``ti_scale``)."""
     seq = SEQUENCES[modality]
     tr, te = seq.tr * tr_scale, seq.te * te_scale
+    ti = csf_null_inversion_time(tr) * ti_scale if seq.inversion else None
     signals = {}
     for name, p in tissues.items():
         t1 = GADOLINIUM_T1.get(name, p.t1) if seq.contrast_agent else p.t1
         if seq.inversion:
-            signals[name] = float(inversion_recovery_signal(p.pd, t1, p.t2, tr, te, csf_null_inversion_time(tr)))
+            signals[name] = float(inversion_recovery_signal(p.pd, t1, p.t2, tr, te, ti))
         else:
             signals[name] = float(spin_echo_signal(p.pd, t1, p.t2, tr, te))
     return signals
@@ -125,19 +127,29 @@ def _image(
     fractions: Mapping[str, np.ndarray],
     tissues: Mapping[str, TissueParameters],
     bias_at,
+    protocol: Mapping[str, float] | None = None,
 ) -> np.ndarray:
-    """Intensities of the brain voxels (1-D ``fractions``); ``bias_at(field)`` samples a smooth field there."""
+    """Intensities of the brain voxels (1-D ``fractions``); ``bias_at(field)`` samples a smooth field there.
+
+    ``protocol``: a site's factors (``tr_scale``, ``te_scale``, ``ti_scale``, ``bias_scale``, ``noise_scale``) on
+    the nominal draws; the draws themselves do not change, so a site images the same subject."""
+    factor = {"tr_scale": 1.0, "te_scale": 1.0, "ti_scale": 1.0, "bias_scale": 1.0, "noise_scale": 1.0}
+    factor.update(protocol or {})
     signals = tissue_signals(
-        modality, tissues, tr_scale=float(rng.uniform(0.95, 1.05)), te_scale=float(rng.uniform(0.95, 1.05))
+        modality,
+        tissues,
+        tr_scale=float(rng.uniform(0.95, 1.05)) * factor["tr_scale"],
+        te_scale=float(rng.uniform(0.95, 1.05)) * factor["te_scale"],
+        ti_scale=factor["ti_scale"],
     )
     n = fractions["gm"].shape
     clean = np.zeros(n, dtype=np.float32)
     for name in TISSUES:
         clean += np.float32(signals[name]) * fractions[name]
-    amplitude = float(rng.uniform(0.06, 0.15))
+    amplitude = float(rng.uniform(0.06, 0.15)) * factor["bias_scale"]
     clean *= np.exp(amplitude * bias_at(rng)).astype(np.float32)
     reference = max(signals["gm"], signals["wm"], signals["csf"])
-    sigma = np.float32(rng.uniform(0.01, 0.03) * reference)
+    sigma = np.float32(rng.uniform(0.01, 0.03) * factor["noise_scale"] * reference)
     noise = rng.standard_normal((2,) + n, dtype=np.float32) * sigma
     noisy = np.sqrt((clean + noise[0]) ** 2 + noise[1] ** 2)
     scale = np.float32(np.exp(rng.uniform(np.log(400.0), np.log(3000.0))) / reference)

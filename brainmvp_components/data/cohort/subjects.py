@@ -21,6 +21,7 @@ from brainmvp_components.data.cohort.naming import (
     case_id,
 )
 from brainmvp_components.data.cohort.signals import COHORT_MODALITIES, TISSUES, _image, _jittered_tissues
+from brainmvp_components.data.cohort.sites import Site, apply_field_of_view, apply_resolution, get_site
 
 __all__ = ["subject_design", "synthesise_subject"]
 
@@ -31,12 +32,19 @@ def _subject_streams(kind: str, index: int, seed: int) -> list[np.random.SeedSeq
 
 
 def subject_design(
-    kind: str, index: int, seed: int = 0, missing_rate: float = 0.3, tumour_probability: float = 0.5
+    kind: str,
+    index: int,
+    seed: int = 0,
+    missing_rate: float = 0.3,
+    tumour_probability: float = 0.5,
+    site: str | Site | None = None,
 ) -> dict[str, Any]:
     """What a subject has, without synthesising it (cheap): ``modalities`` (canonical names), ``has_tumour``,
     and for ``adni`` ``class_label`` (index parity: 0 CN, 1 AD), ``diagnosis`` and ``severity`` (CN in
-    [0, 0.2], AD in [0.45, 1])."""
+    [0, 0.2], AD in [0.45, 1]). A ``pretrain`` subject imaged at ``site`` has only modalities the site acquires
+    (at least one)."""
     _check_kind(kind)
+    site = get_site(site)
     if not 0.0 <= missing_rate < 1.0:
         raise ValueError(f"missing_rate must be in [0, 1), got {missing_rate}")
     rng = np.random.default_rng(_subject_streams(kind, index, seed)[1])
@@ -44,8 +52,11 @@ def subject_design(
         return {"modalities": ["t1", "t1c", "t2", "flair"], "has_tumour": True}
     if kind == "pretrain":
         present = rng.random(len(COHORT_MODALITIES)) >= missing_rate
+        acquired = np.array([site is None or m in site.modalities for m in COHORT_MODALITIES])
+        present &= acquired
         if not present.any():
-            present[rng.integers(len(COHORT_MODALITIES))] = True
+            choices = np.flatnonzero(acquired)
+            present[choices[rng.integers(len(choices))]] = True
         modalities = [m for m, p in zip(COHORT_MODALITIES, present) if p]
         return {"modalities": modalities, "has_tumour": bool(rng.random() < tumour_probability)}
     class_label = int(index) % 2
@@ -67,6 +78,7 @@ def synthesise_subject(
     missing_rate: float = 0.3,
     label_convention: str = "brats2021",
     tumour_probability: float = 0.5,
+    site: str | Site | None = None,
 ) -> dict[str, Any]:
     """Synthesise one subject in memory.
 
@@ -79,14 +91,18 @@ def synthesise_subject(
         missing_rate: ``pretrain`` only: probability that each modality is absent.
         label_convention: ``"brats2021"`` (enhancing = 4) or ``"brats2023"`` (enhancing = 3).
         tumour_probability: ``pretrain`` only: probability that the subject has tumours.
+        site: the acquisition protocol (a name of :data:`~brainmvp_components.data.cohort.sites.SITES` or a
+            :class:`~brainmvp_components.data.cohort.sites.Site`); ``None``: the nominal one. The site changes
+            the imaging only: the same index and seed give the same anatomy and pathology at every site.
 
     Returns:
         dict with ``case`` (str), ``kind``, ``affine`` (4x4, the atlas grid), ``images`` ({canonical modality:
         float32 (H, W, D)}), ``label`` (uint8 (H, W, D) in ``label_convention``; all zero without tumour),
         ``brain_mask`` (bool (H, W, D)), ``tissues`` ({gm, wm, csf, oedema, enhancing, necrosis: float32
         fractions (H, W, D)}), ``n_tumours`` (int), and for ``adni`` also ``class_label`` (0 CN, 1 AD),
-        ``diagnosis`` and ``severity``.
+        ``diagnosis`` and ``severity``; with a site, ``site`` (its name).
     """
+    site = get_site(site)
     _check_arguments(kind, spacing, missing_rate, label_convention)
     if int(index) != index or index < 0:
         raise ValueError(f"subject index must be a non-negative integer, got {index!r}")
@@ -106,7 +122,7 @@ def synthesise_subject(
     def sample_at(volume: np.ndarray, flat_index: np.ndarray, cval: float = 0.0) -> np.ndarray:
         return _sample(volume, flat_coords[:, flat_index], cval=cval)
 
-    design = subject_design(kind, index, seed, missing_rate, tumour_probability)
+    design = subject_design(kind, index, seed, missing_rate, tumour_probability, site=site)
     modalities, has_tumour = design["modalities"], design["has_tumour"]
     result: dict[str, Any] = {"case": case_id(kind, index), "kind": kind, "affine": placement.affine.copy()}
     if kind == "adni":
@@ -143,13 +159,18 @@ def synthesise_subject(
         return _smooth_field(rng, (4, 4, 3), positions).ravel()[inside]
 
     tissues = _jittered_tissues(rng_tissue)
+    protocol = None
+    if site is not None:
+        protocol = {k: getattr(site, k) for k in ("tr_scale", "te_scale", "ti_scale", "bias_scale", "noise_scale")}
     imaging_streams = dict(zip(COHORT_MODALITIES, streams[4].spawn(len(COHORT_MODALITIES))))
     images = {}
     for modality in modalities:  # each modality has its own stream: the others' presence does not change it
         rng = np.random.default_rng(imaging_streams[modality])
         box_image = np.zeros(box_shape, dtype=np.float32)
-        box_image.ravel()[inside] = _image(rng, modality, voxel_fractions, tissues, bias_at)
+        box_image.ravel()[inside] = _image(rng, modality, voxel_fractions, tissues, bias_at, protocol)
         images[modality] = _paste(box_image, placement)
+        if site is not None:
+            images[modality] = apply_resolution(images[modality], spacing, site.resolution_mm)
 
     values = _LABEL_VALUES[label_convention]
     label = np.zeros(box_shape, dtype=np.uint8)
@@ -164,4 +185,19 @@ def synthesise_subject(
         tissues={name: _paste(fractions[name] * mask, placement) for name in TISSUES},
         n_tumours=n_tumours,
     )
+    if site is not None:
+        result["site"] = site.name
+        _crop_to_field_of_view(result, spacing, site)
     return result
+
+
+def _crop_to_field_of_view(subject: dict[str, Any], spacing: float, site: Site) -> None:
+    """Zero what lies outside the site's field of view in the images, label, mask and tissue maps (in place)."""
+    inside = apply_field_of_view(subject["brain_mask"], spacing, site)
+    if inside is None:
+        return
+    for volumes in (subject["images"], subject["tissues"]):
+        for name in volumes:
+            volumes[name] = np.where(inside, volumes[name], 0).astype(volumes[name].dtype)
+    for name in ("label", "brain_mask"):
+        subject[name] = np.where(inside, subject[name], 0).astype(subject[name].dtype)

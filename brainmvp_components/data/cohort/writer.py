@@ -6,6 +6,7 @@ import gzip
 import io
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,10 +14,11 @@ import nibabel as nib
 import numpy as np
 
 from brainmvp_components.data.cohort.naming import _FILE_SUFFIX, _check_arguments
+from brainmvp_components.data.cohort.sites import SITES_CSV_NAME, assign_sites
 from brainmvp_components.data.cohort.subjects import synthesise_subject
 from brainmvp_components.utils.writers import atomic_write, write_csv
 
-__all__ = ["PREVIEW_DIR_NAME", "make_cohort"]
+__all__ = ["PREVIEW_DIR_NAME", "SITES_CSV_NAME", "make_cohort"]
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +55,7 @@ def make_cohort(
     missing_rate: float = 0.3,
     label_convention: str = "brats2021",
     preview: bool = False,
+    sites: Sequence[str] | None = None,
 ) -> list[Path]:
     """Generate an embedded cohort of ``subjects`` cases in ``out_dir`` (BraTS-style folders).
 
@@ -68,15 +71,22 @@ def make_cohort(
 
     ``preview=True`` also writes one PNG per case to ``out_dir/.previews/<case>.png``.
 
+    ``sites`` (names of :data:`~brainmvp_components.data.cohort.sites.SITES`) images subject ``i`` with the
+    protocol of ``sites[i % len(sites)]`` (repeat a name to give a site more subjects) and writes
+    ``out_dir/sites.csv`` (columns ``case,site``), which :func:`~brainmvp_components.data.datalist.build_datalist`
+    copies into every datalist entry. ``None``: the nominal protocol, no ``sites.csv``.
+
     Returns:
         the case folders, in index order.
 
     Raises:
-        ValueError: unknown ``kind``/``label_convention``, ``subjects < 1``, bad ``spacing`` or ``missing_rate``.
+        ValueError: unknown ``kind``/``label_convention``/site, ``subjects < 1``, bad ``spacing`` or
+            ``missing_rate``.
     """
     _check_arguments(kind, spacing, missing_rate, label_convention)
     if int(subjects) != subjects or subjects < 1:
         raise ValueError(f"subjects must be a positive integer, got {subjects!r}")
+    site_of = assign_sites(int(subjects), list(sites)) if sites else [None] * int(subjects)
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise NotADirectoryError(f"cohort output {out_dir} exists and is not a folder")
@@ -97,7 +107,13 @@ def make_cohort(
     rows: list[dict[str, Any]] = []
     for index in range(int(subjects)):
         subject = synthesise_subject(
-            kind, index, seed=seed, spacing=spacing, missing_rate=missing_rate, label_convention=label_convention
+            kind,
+            index,
+            seed=seed,
+            spacing=spacing,
+            missing_rate=missing_rate,
+            label_convention=label_convention,
+            site=site_of[index],
         )
         case = subject["case"]
         case_dir = out_dir / case
@@ -122,7 +138,7 @@ def make_cohort(
                 subject["images"],
                 out_dir / PREVIEW_DIR_NAME / f"{case}.png",
                 label=subject["label"] if subject["n_tumours"] else None,
-                title=f"{case} ({kind})",
+                title=f"{case} ({kind})" if site_of[index] is None else f"{case} ({kind}, site {site_of[index]})",
             )
         cases.append(case_dir)
         detail = (
@@ -130,7 +146,12 @@ def make_cohort(
             if kind == "adni"
             else f"{subject['n_tumours']} tumour(s)"
         )
+        if site_of[index] is not None:
+            detail += f"; site {site_of[index]}"
         logger.info("[%d/%d] %s: %s; %s", index + 1, subjects, case, ", ".join(sorted(subject["images"])), detail)
     if kind == "adni":
         _write_labels_csv(rows, out_dir / "labels.csv")
+    if sites:
+        site_rows = [{"case": c.name, "site": s} for c, s in zip(cases, site_of)]
+        write_csv(out_dir / SITES_CSV_NAME, site_rows, ["case", "site"])
     return cases
