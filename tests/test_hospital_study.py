@@ -155,7 +155,7 @@ def test_swapped_names_are_flagged_and_can_be_reordered(hospital_run, bundle_roo
     assert swapped.error is None, swapped.error
     identity = swapped.qc["identity"]
     assert not identity["consistent"]
-    assert identity["reliable_mismatches"].get("flair") == "t2", identity  # the t2 images under the flair name
+    assert identity["reliable_mismatches"] == {"flair": "t2", "t2": "flair"}, identity
     assert any("named flair looks like t2" in flag for flag in swapped.qc["flags"]), swapped.qc["flags"]
     for index in CASES:
         if index != SWAPPED_CASE:
@@ -268,3 +268,17 @@ def test_renaming_from_identity():
     assert names_from_identity(names, {"flair": "t2", "t2": "flair"}) == {"flair": "t2", "t2": "flair"}
     assert names_from_identity(["t1c", "t2"], {"t2": "flair"}) == {"t2": "flair"}
     assert names_from_identity(names, {}) == {}
+
+
+def test_t1_and_flair_names_swapped_are_found_by_tissue_contrast(subjects, bundle_root, preprocessed_dice, tmp_path):
+    """The templates cannot tell t1 from FLAIR; the tissue contrast can (white matter brighter than grey matter in
+    T1, not in FLAIR)."""
+    study = export_study(
+        subjects[CASES[0]], tmp_path / "studies" / "swapped", seed=100 + CASES[0], swap=("t1", "flair")
+    )
+    workflow = _workflow(bundle_root, output_dir=str(tmp_path / "out"), identity_action="reorder")
+    (result,) = workflow.parser.get_parsed_content("segmenter").run(tmp_path / "studies")
+    assert result.qc["reordered"] == {"t1": "flair", "flair": "t1"}, result.qc["identity"]
+    assert any("named flair looks like t1 (T1-weighted tissue contrast" in f for f in result.qc["flags"])
+    labels = np.asarray(nib.load(result.outputs["segmentation"]).dataobj)
+    assert _wt_dice(labels, study.truth) >= preprocessed_dice[CASES[0]][0] - 0.05

@@ -14,8 +14,9 @@ runs, per case, a sequence of steps, each done by a module with one job and each
    (:mod:`~brainmvp_components.clinical.brain_mask`);
 5. align the reference's brain to the model's atlas frame (a similarity transform, mutual information with the
    cohort's nominal brain) and resample every series there in one step, masked by the brain;
-6. check each series' identity against the templates; flag, or reorder, a study whose names disagree with its
-   images (:mod:`~brainmvp_components.clinical.identity`);
+6. check each series' identity by its tissue contrast (:mod:`~brainmvp_components.clinical.contrast`) and
+   against the templates (:mod:`~brainmvp_components.clinical.identity`); flag, or reorder, a study whose names
+   disagree with its images;
 7. segment with the bundle's own preprocessing, network and inferer (missing modalities from the templates);
 8. take the region probabilities back to the reference series' own grid and write the labels there as NIfTI
    and, for a DICOM reference, as DICOM SEG (:mod:`~brainmvp_components.clinical.dicom_seg`), with an overlay;
@@ -483,25 +484,43 @@ class HospitalStudySegmenter:
         return images, mask, coverage
 
     def _check_identity(self, images: Mapping[str, np.ndarray], mask: np.ndarray) -> dict:
+        """What each image looks like: its tissue contrast (:mod:`~brainmvp_components.clinical.contrast`: T1, T2
+        or FLAIR weighting) and its correlation with the templates (:mod:`~brainmvp_components.clinical.identity`:
+        reliable for t2). ``reliable_mismatches`` joins the two, the contrast deciding where both speak."""
+        from brainmvp_components.clinical.contrast import (
+            WEIGHTINGS,
+            contrast_mismatches,
+            tissue_contrast,
+            weighting_of,
+        )
         from brainmvp_components.clinical.identity import check_modality_identity
+        from brainmvp_components.data.cohort import nominal_tissues
 
+        spacing = float(np.linalg.norm(self.grid_affine[:3, 0]))
+        tissues = nominal_tissues(spacing)
+        contrast = {m: tissue_contrast(volume, mask, tissues) for m, volume in images.items()}
+        weightings = {m: weighting_of(c) for m, c in contrast.items()}
         arrays = self.templates.as_arrays()
         wanted = [m for m in images if m in arrays]
-        templates = {
-            m: np.asarray(self.templates.resample_to_grid(m, self.grid_affine, self.grid_shape)).reshape(
-                self.grid_shape
-            )
-            for m in self.modalities
-            if m in arrays
-        }
-        if len(wanted) < 2:
-            return {
-                "consistent": True,
-                "suggested": {m: m for m in images},
-                "mismatches": {},
-                "reliable_mismatches": {},
+        if len(wanted) >= 2:
+            templates = {
+                m: np.asarray(self.templates.resample_to_grid(m, self.grid_affine, self.grid_shape)).reshape(
+                    self.grid_shape
+                )
+                for m in self.modalities
+                if m in arrays
             }
-        return check_modality_identity({m: images[m] for m in wanted}, templates, mask).as_record()
+            record = check_modality_identity({m: images[m] for m in wanted}, templates, mask).as_record()
+        else:
+            record = {"consistent": True, "suggested": {m: m for m in images}, "mismatches": {}}
+        confirmed = {m for m, w in weightings.items() if w is not None and w == WEIGHTINGS.get(m)}
+        reliable = {m: s for m, s in record.get("reliable_mismatches", {}).items() if m not in confirmed}
+        reliable.update(contrast_mismatches(weightings, list(images)))
+        record["reliable_mismatches"] = reliable
+        record["contrast"] = {
+            m: {**{k: round(v, 3) for k, v in c.items()}, "weighting": weightings[m]} for m, c in contrast.items()
+        }
+        return record
 
     def _write_model_inputs(self, case: str, images, mask, work_dir: Path) -> dict[str, Path]:
         from brainmvp_components.utils.writers import atomic_write

@@ -153,13 +153,21 @@ def qc_flags(record: Mapping[str, Any], ranges: Mapping[str, Any] = QC_RANGES) -
             )
     identity = record.get("identity") or {}
     margins = identity.get("assignment_margin") or {}
-    for claimed, looks_like in sorted((identity.get("mismatches") or {}).items()):
+    contrast = identity.get("contrast") or {}
+    looks = {
+        claimed: looks_like
+        for claimed, looks_like in (identity.get("mismatches") or {}).items()
+        if _finite(margins.get(claimed)) and margins[claimed] >= ranges["min_identity_margin"]
+    }
+    if "reliable_mismatches" in identity:  # the joined verdict of the pipeline's identity checks decides
+        looks = dict(identity["reliable_mismatches"])
+    for claimed, looks_like in sorted(looks.items()):
+        weighting = (contrast.get(claimed) or {}).get("weighting")
         margin = margins.get(claimed)
+        evidence = [f"{weighting}-weighted tissue contrast"] if weighting else []
         if _finite(margin) and margin >= ranges["min_identity_margin"]:
-            flags.append(
-                f"series named {claimed} looks like {looks_like} (assignment margin {margin:.2f} >= "
-                f"{ranges['min_identity_margin']})"
-            )
+            evidence.append(f"template assignment margin {margin:.2f}")
+        flags.append(f"series named {claimed} looks like {looks_like} ({', '.join(evidence) or 'identity check'})")
     return flags
 
 

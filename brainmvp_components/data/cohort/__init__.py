@@ -6,6 +6,7 @@ from brainmvp_components.data.cohort.anatomy import (
     load_mni_tissue_maps,
     mni_file,
     nominal_brain,
+    nominal_tissues,
 )
 from brainmvp_components.data.cohort.naming import (
     COHORT_KINDS,
@@ -56,6 +57,7 @@ __all__ = [
     "tissue_signals",
     "mni_file",
     "nominal_brain",
+    "nominal_tissues",
     "make_cohort",
     "SITES",
     "SITES_CSV_NAME",

@@ -16,7 +16,7 @@ from scipy.spatial.transform import Rotation
 
 from brainmvp_components.data.atlas import BRATS_ATLAS_AFFINE, BRATS_ATLAS_SHAPE, atlas_grid
 
-__all__ = ["MNI_FILES", "MNITissueMaps", "mni_file", "load_mni_tissue_maps", "nominal_brain"]
+__all__ = ["MNI_FILES", "MNITissueMaps", "mni_file", "load_mni_tissue_maps", "nominal_brain", "nominal_tissues"]
 
 
 @dataclass(frozen=True)
@@ -241,6 +241,29 @@ def _place_subject(rng: np.random.Generator, spacing: float, maps: MNITissueMaps
     return _Placement(shape=shape, affine=out_affine, box=box, mni_coords=coords, scale=scale)
 
 
+def _nominal_placement(spacing: float) -> tuple[MNITissueMaps, tuple[int, ...], np.ndarray, np.ndarray]:
+    """The maps, the atlas grid at ``spacing`` and the matrix from its voxels to MNI voxels, unvaried."""
+    maps = load_mni_tissue_maps()
+    shape, out_affine = atlas_grid(spacing)
+    fov_centre = (BRATS_ATLAS_AFFINE @ np.array([(n - 1) / 2.0 for n in BRATS_ATLAS_SHAPE] + [1.0]))[:3]
+    forward = _translation(fov_centre) @ _translation(-maps.brain_centre)
+    return maps, shape, out_affine, np.linalg.inv(maps.affine) @ np.linalg.inv(forward) @ out_affine
+
+
+def nominal_tissues(spacing: float = 2.0) -> dict[str, np.ndarray]:
+    """Grey matter, white matter and CSF fractions (``gm``, ``wm``, ``csf``) and the brain ``mask`` of the nominal
+    brain (:func:`nominal_brain`) on ``atlas_grid(spacing)``."""
+    maps, shape, _, out_to_mni = _nominal_placement(spacing)
+    out = {
+        name: ndi.affine_transform(
+            getattr(maps, name).astype(np.float32), out_to_mni[:3, :3], out_to_mni[:3, 3], output_shape=shape, order=1
+        )
+        for name in ("gm", "wm", "csf", "mask")
+    }
+    out["mask"] = out["mask"] >= 0.5
+    return out
+
+
 def nominal_brain(spacing: float = 2.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The cohort's brain before any subject's variation: the MNI brain at the centre of the atlas field of view,
     unrotated, unscaled and undeformed (the placement every subject varies around).
@@ -250,20 +273,9 @@ def nominal_brain(spacing: float = 2.0) -> tuple[np.ndarray, np.ndarray, np.ndar
         matter 0.6, CSF 0.15 inside the brain, 0 outside), the brain mask, and the grid's affine. A hospital
         study is aligned to this image to enter the frame the cohort, and the models trained on it, share.
     """
-    maps = load_mni_tissue_maps()
-    shape, out_affine = atlas_grid(spacing)
-    fov_centre = (BRATS_ATLAS_AFFINE @ np.array([(n - 1) / 2.0 for n in BRATS_ATLAS_SHAPE] + [1.0]))[:3]
-    forward = _translation(fov_centre) @ _translation(-maps.brain_centre)
-    out_to_mni = np.linalg.inv(maps.affine) @ np.linalg.inv(forward) @ out_affine
-    t1_like = 0.15 * maps.csf + 0.6 * maps.gm + 1.0 * maps.wm
-    sample = {
-        name: ndi.affine_transform(
-            volume.astype(np.float32), out_to_mni[:3, :3], out_to_mni[:3, 3], output_shape=shape, order=1
-        )
-        for name, volume in (("t1", t1_like), ("mask", maps.mask.astype(np.float32)))
-    }
-    mask = sample["mask"] >= 0.5
-    return np.where(mask, sample["t1"], 0.0).astype(np.float32), mask, out_affine
+    tissues = nominal_tissues(spacing)
+    t1_like = 0.15 * tissues["csf"] + 0.6 * tissues["gm"] + 1.0 * tissues["wm"]
+    return np.where(tissues["mask"], t1_like, 0.0).astype(np.float32), tissues["mask"], atlas_grid(spacing)[1]
 
 
 def _sample(volume: np.ndarray, coords: np.ndarray, cval: float = 0.0) -> np.ndarray:
