@@ -54,17 +54,32 @@ def test_plausible_case_has_no_flags():
         ({"tumour_outside_brain_fraction": 0.3}, "30.0% of the whole tumour lies outside the brain mask"),
         (
             {"identity": {"consistent": False, "mismatches": {"t2": "flair"}, "assignment_margin": {"t2": 0.4}}},
-            "series named t2 looks like flair (assignment margin 0.40",
+            "series named t2 looks like flair (template assignment margin 0.40",
+        ),
+        (
+            {
+                "identity": {
+                    "reliable_mismatches": {"flair": "t1"},
+                    "contrast": {"flair": {"weighting": "T1"}},
+                    "assignment_margin": {"flair": 0.01},
+                }
+            },
+            "series named flair looks like t1 (T1-weighted tissue contrast)",
         ),
         ({"registration_mi": {"t2": -0.1}}, "series t2: registration mutual information -0.100 is above -0.3"),
         ({"slice_thickness_mm": {"t2": 8.0}}, "series t2: slices 8.0 mm thick"),
         ({"brain_coverage": {"flair": 0.6}}, "series flair: covers 60% of the brain"),
-        ({"imputed_modalities": ["t2"]}, "modalities imputed from templates: t2"),
     ],
 )
 def test_each_implausible_figure_has_its_flag(changes, expected):
     flags = plausible(**changes).flags
     assert len(flags) == 1 and flags[0].startswith(expected), flags
+
+
+def test_imputed_modalities_are_recorded_not_flagged():
+    """Imputation is what the method is for; a study lacking a sequence is not implausible by that alone."""
+    qc = plausible(imputed_modalities=["t2"])
+    assert qc.flags == [] and qc.as_record()["imputed_modalities"] == ["t2"]
 
 
 def test_unreliable_identity_mismatch_is_not_flagged():

@@ -18,8 +18,8 @@ class EncoderFreezing:
     ``nn.Module`` among the bases.
     """
 
-    encoder: nn.Module
-    encoder_frozen: bool = False
+    # no class-level annotations: TorchScript reads them, and cannot resolve ``nn.Module`` as an attribute type
+    encoder_frozen = False
 
     def freeze_encoder(self, freeze: bool = True):
         """Freeze (``freeze=True``) or release the encoder; returns the network, for chaining in configs."""
