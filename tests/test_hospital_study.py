@@ -282,3 +282,17 @@ def test_t1_and_flair_names_swapped_are_found_by_tissue_contrast(subjects, bundl
     assert any("named flair looks like t1 (T1-weighted tissue contrast" in f for f in result.qc["flags"])
     labels = np.asarray(nib.load(result.outputs["segmentation"]).dataobj)
     assert _wt_dice(labels, study.truth) >= preprocessed_dice[CASES[0]][0] - 0.05
+
+
+def test_loose_nifti_series_and_kept_preprocessing(subjects, bundle_root, preprocessed_dice, tmp_path):
+    """The same path on NIfTI files named as a site names them: no DICOM SEG, and the model-frame volumes kept."""
+    index = CASES[1]
+    study = export_study(subjects[index], tmp_path / "studies" / "nifti", as_dicom=False, seed=100 + index)
+    workflow = _workflow(bundle_root, output_dir=str(tmp_path / "out"), save_preprocessed=True)
+    (result,) = workflow.parser.get_parsed_content("segmenter").run(tmp_path / "studies")
+    assert result.error is None and result.qc["flags"] == [], (result.error, result.qc and result.qc["flags"])
+    assert "dicom_seg" not in result.outputs
+    kept = sorted(p.name for p in Path(result.outputs["preprocessed"]).iterdir())
+    assert kept == sorted(f"nifti_{m}.nii.gz" for m in ("brain_mask", "flair", "t1", "t1c", "t2"))
+    labels = np.asarray(nib.load(result.outputs["segmentation"]).dataobj)
+    assert _wt_dice(labels, study.truth) >= preprocessed_dice[index][0] - 0.05

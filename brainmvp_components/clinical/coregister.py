@@ -25,6 +25,7 @@ from scipy import ndimage
 
 from brainmvp_components.transforms.itk_bridge import (
     RAS_TO_LPS,
+    block_mean,
     import_itk,
     ras_matrix,
     to_itk_image,
@@ -91,6 +92,7 @@ def rigid_register(
     seed: int = 0,
     iterations: Sequence[int] = (200, 100, 50),
     histogram_bins: int = 32,
+    working_spacing_mm: float | None = 2.0,
 ) -> RigidRegistration:
     """Rigidly register a moving series to a fixed (reference) series by Mattes mutual information.
 
@@ -105,6 +107,9 @@ def rigid_register(
         seed: seed of that sampling (repeatable results).
         iterations: optimiser iterations per level, coarse to fine (the first ``levels`` are used).
         histogram_bins: Mattes histogram bins.
+        working_spacing_mm: both images are first averaged in blocks of whole voxels to about this spacing (never
+            finer than their own), so the finest level runs there: a rigid fit over a whole head needs no more,
+            and a 1 mm study registers several times faster. ``None`` keeps the full resolution.
 
     Returns:
         the registration; ``transform`` maps the fixed world to the moving world.
@@ -121,6 +126,9 @@ def rigid_register(
         raise ValueError(f"one iteration count per level: {levels} levels, iterations {list(iterations)}")
     itk = import_itk()
     start = time.perf_counter()
+    if working_spacing_mm is not None:
+        fixed_array, fixed_affine = block_mean(fixed_array, fixed_affine, float(working_spacing_mm))
+        moving_array, moving_affine = block_mean(moving_array, moving_affine, float(working_spacing_mm))
     fixed = to_itk_image(fixed_array, fixed_affine)
     moving = to_itk_image(moving_array, moving_affine)
     image_type = type(fixed)
