@@ -8,6 +8,9 @@
 #      with all modalities and with FLAIR imputed from the templates: Dice per region and overlays;
 #   4. fine-tune the classification bundle and evaluate it on the test split;
 #   5. write summary.json (every figure against its target, wall time per stage) and print it as a table.
+# DEMO_SEED=S (default 0) seeds the three trainings and the summary records it; the cohorts stay those of seed 0.
+# A seed other than 0 writes to demo_outputs_seedS/, so that runs of different seeds never resume each other.
+# DEMO_REQUIRE_TARGETS=1 makes the demo exit with status 3 when a target is missed (the summary is written first).
 # Outputs go to demo_outputs/ (override with DEMO_OUT=DIR). Run again, it keeps the cohorts, and the bundles
 # resume from their checkpoints and skip finished predictions (delete DEMO_OUT to start over).
 set -euo pipefail
@@ -15,7 +18,8 @@ REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO_ROOT"
 source scripts/setup_env.sh requirements.txt
 export CUDA_VISIBLE_DEVICES="${CUDA_VISIBLE_DEVICES-}"
-OUT="${DEMO_OUT:-$REPO_ROOT/demo_outputs}"
+SEED="${DEMO_SEED:-0}"
+if [ "$SEED" = 0 ]; then OUT="${DEMO_OUT:-$REPO_ROOT/demo_outputs}"; else OUT="${DEMO_OUT:-$REPO_ROOT/demo_outputs_seed$SEED}"; fi
 DATA="$OUT/data"
 RUNS="$OUT/runs"
 SECONDS_FILE="$OUT/seconds.json"
@@ -72,7 +76,7 @@ PRETRAIN_CONFIGS="['$PRETRAIN/configs/train.json','$PRETRAIN/configs/quick.json'
 PRETRAIN_EPOCHS="${DEMO_PRETRAIN_EPOCHS:-480}"
 run_bundle "$PRETRAIN" "$PRETRAIN_CONFIGS" --bundle_root "$RUNS/pretrain" --dataset_dir "$DATA/pretrain" \
   --epochs "$PRETRAIN_EPOCHS" --template_warmup_epochs 16 --contrastive_start_epoch "$(( PRETRAIN_EPOCHS * 5 / 6 ))" \
-  --cl_weight 0.1 --preview_interval "$(( PRETRAIN_EPOCHS > 6 ? PRETRAIN_EPOCHS / 6 : 1 ))"
+  --cl_weight 0.1 --preview_interval "$(( PRETRAIN_EPOCHS > 6 ? PRETRAIN_EPOCHS / 6 : 1 ))" --seed "$SEED"
 run_bundle "$PRETRAIN" "${PRETRAIN_CONFIGS%]},'$PRETRAIN/configs/evaluate.json']" \
   --bundle_root "$RUNS/pretrain" --dataset_dir "$DATA/pretrain"
 echo "encoder: $RUNS/pretrain/models/encoder.pt"
@@ -93,7 +97,7 @@ run_bundle "$SEG" "$SEG_CONFIGS" --bundle_root "$RUNS/seg" --dataset_dir "$DATA/
   --pretrained_encoder "$RUNS/pretrain/models/encoder.pt" --templates_dir "$RUNS/pretrain/models/templates" \
   --max_epochs "$SEG_EPOCHS" --epoch_length 10 --val_interval "$(( SEG_EPOCHS > 2 ? SEG_EPOCHS / 2 : 1 ))" \
   --batch_size 4 --pair_augmentation False --template_replace_prob 0.5 --max_replace 1 \
-  --template_replace_weights "{'t1': 0.0, 't1c': 0.0, 't2': 0.0}"
+  --template_replace_weights "{'t1': 0.0, 't1c': 0.0, 't2': 0.0}" --seed "$SEED"
 python scripts/demo_missing_modality.py prepare --datalist "$DATA/brats/datalist.json" --out "$RUNS/seg/demo" \
   --drop flair
 for run in all_modalities missing_modalities; do
@@ -111,10 +115,12 @@ CLS_EPOCHS="${DEMO_CLS_EPOCHS:-45}"
 run_bundle "$CLS" "$CLS_CONFIGS" "${CLS_ARGS[@]}" --pretrained_encoder "$RUNS/pretrain/models/encoder.pt" \
   --templates_dir "$RUNS/pretrain/models/templates" --max_epochs "$CLS_EPOCHS" --epoch_length 12 \
   --val_interval "$(( CLS_EPOCHS > 5 ? CLS_EPOCHS / 5 : 1 ))" --learning_rate 0.001 --block_fill_ratio "[0.0,0.2]" \
-  --selection_metric val_balanced_accuracy
+  --selection_metric val_balanced_accuracy --seed "$SEED"
 run_bundle "$CLS" "${CLS_CONFIGS%]},'$CLS/configs/evaluate.json']" "${CLS_ARGS[@]}"
 
 stage summary "5/5 summary"
+REQUIRE=()
+if [ "${DEMO_REQUIRE_TARGETS:-0}" = 1 ]; then REQUIRE=(--require-targets); fi
 python scripts/demo_summary.py write --out "$OUT" --runs "$RUNS" --seconds "$SECONDS_FILE" \
-  --total "$(( $(date +%s) - start ))"
+  --total "$(( $(date +%s) - start ))" --seed "$SEED" "${REQUIRE[@]}"
 echo "all outputs are under $OUT; training curves: $RUNS/*/eval/training_curves.png"

@@ -266,6 +266,15 @@ def test_demo_summary_script_writes_summary(tmp_path, repo_root, subprocess_env,
     missing = demo_summary("write", "--out", str(tmp_path), "--runs", str(tmp_path / "none"), "--seconds",
                            str(tmp_path / "s.json"))  # fmt: skip
     assert missing.returncode == 1 and "does not exist" in missing.stderr
+    met = all(r["met"] for r in summary["targets"].values())
+    required = demo_summary("write", "--out", str(tmp_path), "--runs", str(runs), "--seconds", str(tmp_path / "s.json"),
+                            "--total", "250", "--seed", "2", "--require-targets")  # fmt: skip
+    assert json.loads((tmp_path / "summary.json").read_text())["seed"] == 2
+    assert required.returncode == (0 if met else 3), required.stderr
+    # a run over the demo's time budget misses a target: the required run fails and names it
+    late = demo_summary("write", "--out", str(tmp_path), "--runs", str(runs), "--seconds", str(tmp_path / "s.json"),
+                        "--total", "5000", "--require-targets")  # fmt: skip
+    assert late.returncode == 3 and "seconds.total" in late.stderr
 
 
 def test_template_range_floor_bounds_the_first_gradient():
