@@ -28,6 +28,7 @@ from brainmvp_components.transforms.itk_bridge import (
     block_mean,
     import_itk,
     ras_matrix,
+    run_mattes_registration,
     to_itk_image,
     volume_moments,
 )
@@ -131,7 +132,6 @@ def rigid_register(
         moving_array, moving_affine = block_mean(moving_array, moving_affine, float(working_spacing_mm))
     fixed = to_itk_image(fixed_array, fixed_affine)
     moving = to_itk_image(moving_array, moving_affine)
-    image_type = type(fixed)
     shrink = [4, 2, 1][3 - int(levels) :]
     level_iterations = [int(n) for n in iterations[: int(levels)]]
 
@@ -142,39 +142,12 @@ def rigid_register(
     transform.SetCenter(fixed_centre)
     transform.SetTranslation([m - f for m, f in zip(moving_centre, fixed_centre)])
     try:
-        metric = itk.MattesMutualInformationImageToImageMetricv4[image_type, image_type].New()
-        metric.SetNumberOfHistogramBins(int(histogram_bins))
-        optimizer = itk.RegularStepGradientDescentOptimizerv4[itk.D].New()
-        optimizer.SetLearningRate(2.0)
-        optimizer.SetMinimumStepLength(1e-3)
-        optimizer.SetRelaxationFactor(0.6)
-        optimizer.SetNumberOfIterations(level_iterations[0])
-        scales = itk.RegistrationParameterScalesFromPhysicalShift[type(metric)].New()
-        scales.SetMetric(metric)
-        optimizer.SetScalesEstimator(scales)
-
-        registration = itk.ImageRegistrationMethodv4[image_type, image_type].New()
-        registration.SetFixedImage(fixed)
-        registration.SetMovingImage(moving)
-        registration.SetMetric(metric)
-        registration.SetOptimizer(optimizer)
-        registration.SetInitialTransform(transform)
-        registration.InPlaceOn()
-        registration.SetNumberOfLevels(len(shrink))
-        registration.SetShrinkFactorsPerLevel(shrink)
-        registration.SetSmoothingSigmasPerLevel([f / 2.0 if f > 1 else 0.0 for f in shrink])
-        registration.SmoothingSigmasAreSpecifiedInPhysicalUnitsOff()
-        registration.SetMetricSamplingStrategy(itk.ImageRegistrationMethodv4Enums.MetricSamplingStrategy_RANDOM)
-        registration.SetMetricSamplingPercentage(float(sampling))
-        registration.MetricSamplingReinitializeSeed(int(seed))
-
-        def set_iterations() -> None:
-            optimizer.SetNumberOfIterations(level_iterations[min(registration.GetCurrentLevel(), len(shrink) - 1)])
-
-        registration.AddObserver(itk.MultiResolutionIterationEvent(), set_iterations)
-        registration.Update()
-        value = float(optimizer.GetValue())
-        done = int(optimizer.GetCurrentIteration())
+        sigmas = [f / 2.0 if f > 1 else 0.0 for f in shrink]  # in voxels
+        value, done = run_mattes_registration(
+            fixed, moving, transform, shrink_factors=shrink, smoothing_sigmas=sigmas, level_iterations=level_iterations,
+            sampling_fraction=sampling, seed=seed, histogram_bins=histogram_bins, learning_rate=2.0,
+            sigmas_in_physical_units=False,
+        )  # fmt: skip
     except RuntimeError as err:
         raise RegistrationError(f"ITK rigid registration failed: {str(err).strip().splitlines()[-1]}") from err
     return RigidRegistration(

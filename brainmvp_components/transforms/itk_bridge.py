@@ -1,5 +1,6 @@
 """Numpy <-> ITK plumbing shared by the registrations: images placed by RAS affines, RAS matrices of ITK
-transforms, image moments and block-mean shrinking.
+transforms, image moments, block-mean shrinking, and the multi-resolution Mattes mutual-information run both
+registrations make.
 
 Conventions: NIfTI/MONAI affines map voxels ``(i, j, k)`` to RAS world millimetres; ITK works in LPS. A volume
 ``(i, j, k)`` becomes an ITK image whose index ``(i, j, k)`` is the same voxel (ITK's array view is ``(k, j, i)``).
@@ -7,6 +8,8 @@ A ``(4, 4)`` RAS matrix ``M`` is ``F @ M_lps @ F`` with ``F = diag(-1, -1, 1, 1)
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -18,6 +21,7 @@ __all__ = [
     "set_ras_matrix",
     "volume_moments",
     "block_mean",
+    "run_mattes_registration",
 ]
 
 RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -101,3 +105,75 @@ def block_mean(volume: np.ndarray, affine: np.ndarray, spacing_mm: float) -> tup
     scaled[:3, :3] = affine[:3, :3] * np.asarray(factors, dtype=np.float64)
     scaled[:3, 3] = affine[:3, :3] @ ((np.asarray(factors, dtype=np.float64) - 1) / 2) + affine[:3, 3]
     return blocks, scaled
+
+
+def run_mattes_registration(
+    fixed,
+    moving,
+    transform,
+    *,
+    shrink_factors: Sequence[int],
+    smoothing_sigmas: Sequence[float],
+    level_iterations: Sequence[int],
+    sampling_fraction: float,
+    seed: int,
+    histogram_bins: int = 32,
+    learning_rate: float = 1.0,
+    sigmas_in_physical_units: bool = True,
+) -> tuple[float, int]:
+    """Register ``moving`` to ``fixed`` (ITK images) in place of ``transform`` (its start), by Mattes mutual
+    information and regular-step gradient descent over resolution levels.
+
+    Args:
+        fixed, moving: ITK images of one type.
+        transform: the ITK transform to optimise (fixed physical space to moving), updated in place.
+        shrink_factors, smoothing_sigmas: per level, coarse to fine.
+        level_iterations: optimiser iterations per level (the last repeats for extra levels).
+        sampling_fraction: fraction of the fixed image's voxels sampled (randomly) for the metric.
+        seed: seed of that sampling (repeatable results).
+        histogram_bins: Mattes histogram bins.
+        learning_rate: the optimiser's initial step.
+        sigmas_in_physical_units: ``smoothing_sigmas`` in mm (ITK's default) or in voxels.
+
+    Returns:
+        (the final metric value with ITK's sign, lower is better; the optimiser's iterations at the last level).
+
+    Raises:
+        RuntimeError: ITK failed (e.g. the images do not overlap).
+    """
+    itk = import_itk()
+    image_type = type(fixed)
+    levels = [int(n) for n in level_iterations]
+    metric = itk.MattesMutualInformationImageToImageMetricv4[image_type, image_type].New()
+    metric.SetNumberOfHistogramBins(int(histogram_bins))
+    optimizer = itk.RegularStepGradientDescentOptimizerv4[itk.D].New()
+    optimizer.SetLearningRate(float(learning_rate))
+    optimizer.SetMinimumStepLength(1e-3)
+    optimizer.SetRelaxationFactor(0.6)
+    optimizer.SetNumberOfIterations(levels[0])
+    scales = itk.RegistrationParameterScalesFromPhysicalShift[type(metric)].New()
+    scales.SetMetric(metric)
+    optimizer.SetScalesEstimator(scales)
+
+    registration = itk.ImageRegistrationMethodv4[image_type, image_type].New()
+    registration.SetFixedImage(fixed)
+    registration.SetMovingImage(moving)
+    registration.SetMetric(metric)
+    registration.SetOptimizer(optimizer)
+    registration.SetInitialTransform(transform)
+    registration.InPlaceOn()
+    registration.SetNumberOfLevels(len(shrink_factors))
+    registration.SetShrinkFactorsPerLevel([int(f) for f in shrink_factors])
+    registration.SetSmoothingSigmasPerLevel([float(s) for s in smoothing_sigmas])
+    if not sigmas_in_physical_units:
+        registration.SmoothingSigmasAreSpecifiedInPhysicalUnitsOff()
+    registration.SetMetricSamplingStrategy(itk.ImageRegistrationMethodv4Enums.MetricSamplingStrategy_RANDOM)
+    registration.SetMetricSamplingPercentage(float(sampling_fraction))
+    registration.MetricSamplingReinitializeSeed(int(seed))
+
+    def set_iterations() -> None:  # ITK announces each level before optimising it
+        optimizer.SetNumberOfIterations(levels[min(registration.GetCurrentLevel(), len(levels) - 1)])
+
+    registration.AddObserver(itk.MultiResolutionIterationEvent(), set_iterations)
+    registration.Update()
+    return float(optimizer.GetValue()), int(optimizer.GetCurrentIteration())

@@ -27,9 +27,9 @@ from brainmvp_components.data.atlas import BRATS_ATLAS_AFFINE, BRATS_ATLAS_SHAPE
 from brainmvp_components.transforms.itk_bridge import block_mean as _block_mean
 from brainmvp_components.transforms.itk_bridge import import_itk as _itk
 from brainmvp_components.transforms.itk_bridge import ras_matrix as _transform_matrix
+from brainmvp_components.transforms.itk_bridge import run_mattes_registration, volume_moments
 from brainmvp_components.transforms.itk_bridge import set_ras_matrix as _set_matrix
 from brainmvp_components.transforms.itk_bridge import to_itk_image as _to_itk
-from brainmvp_components.transforms.itk_bridge import volume_moments
 
 __all__ = [
     "TemplateRegistration",
@@ -171,7 +171,6 @@ def register_to_template(
     template_small, template_small_affine = _block_mean(template_volume, template_affine, finest)
     fixed = _to_itk(case_small, case_small_affine)
     moving = _to_itk(template_small, template_small_affine)
-    image_type = type(fixed)
     if transform_type not in ("affine", "similarity"):
         raise ValueError(f"transform_type must be 'affine' or 'similarity', got {transform_type!r}")
     try:
@@ -183,41 +182,12 @@ def register_to_template(
             initial.SetCenter([float(-centre[0]), float(-centre[1]), float(centre[2])])
         _set_matrix(initial, _moments_transform(case_volume, case_affine, template_volume, template_affine))
 
-        metric = itk.MattesMutualInformationImageToImageMetricv4[image_type, image_type].New()
-        metric.SetNumberOfHistogramBins(int(histogram_bins))
-        optimizer = itk.RegularStepGradientDescentOptimizerv4[itk.D].New()
-        optimizer.SetLearningRate(1.0)
-        optimizer.SetMinimumStepLength(1e-3)
-        optimizer.SetRelaxationFactor(0.6)
-        optimizer.SetNumberOfIterations(int(max(iterations)))
-        scales = itk.RegistrationParameterScalesFromPhysicalShift[type(metric)].New()
-        scales.SetMetric(metric)
-        optimizer.SetScalesEstimator(scales)
-
-        registration = itk.ImageRegistrationMethodv4[image_type, image_type].New()
-        registration.SetFixedImage(fixed)
-        registration.SetMovingImage(moving)
-        registration.SetMetric(metric)
-        registration.SetOptimizer(optimizer)
-        registration.SetInitialTransform(initial)
-        registration.InPlaceOn()
         case_spacing = float(np.linalg.norm(np.asarray(case_small_affine, dtype=np.float64)[:3, :3], axis=0).min())
         shrink = [max(1, int(round(s / case_spacing))) for s in level_spacings_mm]
-        registration.SetNumberOfLevels(len(shrink))
-        registration.SetShrinkFactorsPerLevel(shrink)
-        registration.SetSmoothingSigmasPerLevel([max(0.0, (f - 1) / 2.0) for f in shrink])
-        registration.SetMetricSamplingStrategy(itk.ImageRegistrationMethodv4Enums.MetricSamplingStrategy_RANDOM)
-        registration.SetMetricSamplingPercentage(float(sampling_fraction))
-        registration.MetricSamplingReinitializeSeed(int(seed))
-        level_iterations = [int(n) for n in iterations]
-
-        def set_iterations() -> None:
-            level = registration.GetCurrentLevel()
-            optimizer.SetNumberOfIterations(level_iterations[min(level, len(level_iterations) - 1)])
-
-        registration.AddObserver(itk.MultiResolutionIterationEvent(), set_iterations)
-        registration.Update()
-        value = float(optimizer.GetValue())
+        value, _ = run_mattes_registration(
+            fixed, moving, initial, shrink_factors=shrink, smoothing_sigmas=[max(0.0, (f - 1) / 2.0) for f in shrink],
+            level_iterations=iterations, sampling_fraction=sampling_fraction, seed=seed, histogram_bins=histogram_bins,
+        )  # fmt: skip
     except RuntimeError as err:
         raise RegistrationError(
             f"ITK {transform_type} registration failed: {str(err).strip().splitlines()[-1]}"
