@@ -19,6 +19,7 @@ from brainmvp_components.studies.label_efficiency import (
     cli_value,
     load_study,
     plan_runs,
+    run_order,
 )
 from brainmvp_components.studies.results import ResultsFile, plot_label_efficiency, results_table, summarise
 from brainmvp_components.studies.runner import Study
@@ -72,6 +73,15 @@ def test_study_files_load_and_match_the_defaults():
     assert {(f.initialisation.name, f.labelled) for f in segmentation if f.encoder == "frozen"} == {
         ("scratch", 8.0), ("mae", 8.0), ("brainmvp", 8.0),
     }  # fmt: skip
+    # started seed by seed, ablations after the main comparison of their seed, each pre-training before its uses
+    order = run_order(pretrains, segmentation, pool["segmentation"]["only_at"])
+    assert sorted(map(id, order)) == sorted(map(id, [*pretrains, *segmentation]))
+    assert [r.seed for r in order] == sorted(r.seed for r in order)
+    position = {id(r): i for i, r in enumerate(order)}
+    assert all(position[id(f.pretrain)] < position[id(f)] for f in segmentation if f.pretrain is not None)
+    seed0 = [r.initialisation.name for r in order if r.seed == 0]
+    first_ablation = min(i for i, name in enumerate(seed0) if name.startswith("brainmvp-no-"))
+    assert set(seed0[:first_ablation]) == {"scratch", "mae", "brainmvp"} and len(seed0[:first_ablation]) == 17
 
 
 @pytest.mark.parametrize(

@@ -41,6 +41,7 @@ __all__ = [
     "FinetuneRun",
     "load_study",
     "plan_runs",
+    "run_order",
     "bundle_command",
     "read_run_metrics",
 ]
@@ -414,6 +415,19 @@ def plan_runs(study: Mapping[str, Any]) -> tuple[list[PretrainRun], list[Finetun
         and (encoder != "frozen" or study["frozen_at"] is None or amount in study["frozen_at"])
     ]
     return list(pretrains.values()), finetunes
+
+
+def run_order(
+    pretrains: Sequence[PretrainRun], finetunes: Sequence[FinetuneRun], only_at: Mapping[str, Any]
+) -> list[PretrainRun | FinetuneRun]:
+    """The runs in the order a study starts them: seed by seed, and within a seed the initialisations that run at
+    every label amount before those restricted by ``only_at`` (the ablations), pre-trainings before their
+    fine-tunings. A study stopped part-way then holds complete comparisons for its first seeds."""
+
+    def key(run: PretrainRun | FinetuneRun) -> tuple[int, bool, bool]:
+        return run.seed, run.initialisation.name in only_at, isinstance(run, FinetuneRun)
+
+    return sorted([*pretrains, *finetunes], key=key)  # stable: plan_runs' order within a key
 
 
 def cli_value(value: Any) -> str:

@@ -37,6 +37,7 @@ from brainmvp_components.studies.label_efficiency import (
     load_study,
     plan_runs,
     read_run_metrics,
+    run_order,
     test_sites,
 )
 from brainmvp_components.studies.results import ResultsFile, plot_label_efficiency, write_results_table
@@ -354,7 +355,7 @@ def run_study(
     finetunes = [r for r in finetunes if r.key not in done]
     needed = {id(r.pretrain) for r in finetunes if r.pretrain is not None}
     pretrains = [r for r in pretrains if id(r) in needed and not study.pretrain_done(r)]
-    runs: list[PretrainRun | FinetuneRun] = [*pretrains, *finetunes]
+    runs = run_order(pretrains, finetunes, settings["only_at"])
     say(
         f"label-efficiency study ({study.task}) in {study.root}: {planned} fine-tuning(s) planned, "
         f"{len(done)} recorded; to run now: {len(pretrains)} pre-training(s), {len(finetunes)} fine-tuning(s)"
