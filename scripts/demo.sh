@@ -5,12 +5,15 @@
 #   2. pre-train BrainMVP (CPU-sized settings), export the encoder and the distilled templates, and measure
 #      them: template-to-cohort-mean correlation and masked reconstruction error on held-out cases;
 #   3. fine-tune the segmentation bundle from the pre-trained encoder, then segment every held-out test case
-#      with all modalities and with FLAIR imputed from the templates: Dice per region and overlays;
+#      with all modalities and with each modality missing in turn (filled with its template, with zeros, with
+#      the case's mean): Dice per region and overlays;
 #   4. fine-tune the classification bundle and evaluate it on the test split;
 #   5. write summary.json (every figure against its target, wall time per stage) and print it as a table.
 # DEMO_SEED=S (default 0) seeds the three trainings and the summary records it; the cohorts stay those of seed 0.
 # A seed other than 0 writes to demo_outputs_seedS/, so that runs of different seeds never resume each other.
 # DEMO_REQUIRE_TARGETS=1 makes the demo exit with status 3 when a target is missed (the summary is written first).
+# DEMO_QUICK=1 runs the whole chain on small cohorts for 2 epochs of each training (a few minutes; its figures
+# mean nothing) into demo_outputs_quick/; DEMO_DATA=DIR takes the cohorts from (or builds them in) DIR.
 # Outputs go to demo_outputs/ (override with DEMO_OUT=DIR). Run again, it keeps the cohorts, and the bundles
 # resume from their checkpoints and skip finished predictions (delete DEMO_OUT to start over).
 set -euo pipefail
@@ -19,8 +22,12 @@ cd "$REPO_ROOT"
 source scripts/setup_env.sh requirements.txt
 export CUDA_VISIBLE_DEVICES="${CUDA_VISIBLE_DEVICES-}"
 SEED="${DEMO_SEED:-0}"
-if [ "$SEED" = 0 ]; then OUT="${DEMO_OUT:-$REPO_ROOT/demo_outputs}"; else OUT="${DEMO_OUT:-$REPO_ROOT/demo_outputs_seed$SEED}"; fi
-DATA="$OUT/data"
+QUICK="${DEMO_QUICK:-0}"
+if [ "$QUICK" = 1 ]; then DEFAULT_OUT="$REPO_ROOT/demo_outputs_quick"; EPOCHS=2; SUBJECTS=(6 10 20)
+else DEFAULT_OUT="$REPO_ROOT/demo_outputs"; EPOCHS=""; SUBJECTS=(10 20 80); fi  # pretrain, brats, adni
+if [ "$SEED" != 0 ]; then DEFAULT_OUT="${DEFAULT_OUT}_seed$SEED"; fi
+OUT="${DEMO_OUT:-$DEFAULT_OUT}"
+DATA="${DEMO_DATA:-$OUT/data}"
 RUNS="$OUT/runs"
 SECONDS_FILE="$OUT/seconds.json"
 mkdir -p "$DATA" "$RUNS"
@@ -59,9 +66,9 @@ make_cohort() {  # make_cohort KIND SUBJECTS VAL_FRACTION TEST_FRACTION [--previ
   fi
 }
 # the classification cohort is the largest: build it beside the other two (logs in DATA/<kind>.log)
-make_cohort adni 80 0.2 0.2 & adni_job=$!
-make_cohort pretrain 10 0.2 0 --preview  # pre-training trains on its training split only
-make_cohort brats 20 0.2 0.2 --preview
+make_cohort adni "${SUBJECTS[2]}" 0.2 0.2 & adni_job=$!
+make_cohort pretrain "${SUBJECTS[0]}" 0.2 0 --preview  # pre-training trains on its training split only
+make_cohort brats "${SUBJECTS[1]}" 0.2 0.2 --preview
 wait "$adni_job" || { echo "the adni cohort failed: $(tail -n 3 "$DATA/adni.log")" >&2; exit 1; }
 for kind in pretrain brats adni; do
   echo "$kind: $(ls -d "$DATA/$kind"/*/ | wc -l) cases; $(tail -n 1 "$DATA/$kind.log" 2>/dev/null | sed 's/.*: wrote/wrote/')"
@@ -73,7 +80,7 @@ stage pretrain "2/5 pre-training (tiny UniFormer, 32^3 crops at 2 mm, templates 
 # after 80, 0.54 after 240). The contrastive term joins for the last sixth at weight 0.1: at the authors' weight 1
 # it undid the reconstruction of such a short run (0.65 to 0.97 in 26 epochs; docs/results.md).
 PRETRAIN_CONFIGS="['$PRETRAIN/configs/train.json','$PRETRAIN/configs/quick.json']"
-PRETRAIN_EPOCHS="${DEMO_PRETRAIN_EPOCHS:-480}"
+PRETRAIN_EPOCHS="${DEMO_PRETRAIN_EPOCHS:-${EPOCHS:-480}}"
 run_bundle "$PRETRAIN" "$PRETRAIN_CONFIGS" --bundle_root "$RUNS/pretrain" --dataset_dir "$DATA/pretrain" \
   --epochs "$PRETRAIN_EPOCHS" --template_warmup_epochs 16 --contrastive_start_epoch "$(( PRETRAIN_EPOCHS * 5 / 6 ))" \
   --cl_weight 0.1 --preview_interval "$(( PRETRAIN_EPOCHS > 6 ? PRETRAIN_EPOCHS / 6 : 1 ))" --seed "$SEED"
@@ -85,33 +92,34 @@ echo "held-out reconstruction and template fidelity: $RUNS/pretrain/eval/metrics
 
 stage segmentation "3/5 segmentation: fine-tune from the pre-trained encoder, segment the held-out cases"
 # Within the CPU budget the paired copy with its consistency term is off (four different crops per step learn
-# more than two crops seen twice), and template channel replacement teaches the one missing modality the demo
-# measures: FLAIR is replaced by its template in a quarter of the crops, the other channels never. Replacing any
-# channel as often cost up to 0.15 Dice with all modalities; FLAIR alone raised the FLAIR-imputed WT from 0.70 to
-# 0.86 at no cost with all modalities (docs/results.md). A site that lacks another modality weights that one.
+# more than two crops seen twice). Template channel replacement teaches the network to read a template where a
+# sequence is missing: in half of the crops one channel, any of the four, is replaced by its template.
 # Booleans are written False/True: the command line parses them as Python literals, and "false" would be a
 # (true) string.
 SEG_CONFIGS="['$SEG/configs/train.json','$SEG/configs/quick.json']"
-SEG_EPOCHS="${DEMO_SEG_EPOCHS:-80}"
+SEG_EPOCHS="${DEMO_SEG_EPOCHS:-${EPOCHS:-80}}"
 run_bundle "$SEG" "$SEG_CONFIGS" --bundle_root "$RUNS/seg" --dataset_dir "$DATA/brats" \
   --pretrained_encoder "$RUNS/pretrain/models/encoder.pt" --templates_dir "$RUNS/pretrain/models/templates" \
   --max_epochs "$SEG_EPOCHS" --epoch_length 10 --val_interval "$(( SEG_EPOCHS > 2 ? SEG_EPOCHS / 2 : 1 ))" \
-  --batch_size 4 --pair_augmentation False --template_replace_prob 0.5 --max_replace 1 \
-  --template_replace_weights "{'t1': 0.0, 't1c': 0.0, 't2': 0.0}" --seed "$SEED"
-python scripts/demo_missing_modality.py prepare --datalist "$DATA/brats/datalist.json" --out "$RUNS/seg/demo" \
-  --drop flair
-for run in all_modalities missing_modalities; do
-  run_bundle "$SEG" "['$SEG/configs/inference.json','$SEG/configs/quick.json']" \
-    --bundle_root "$RUNS/seg" --datalist "$RUNS/seg/demo/$run.json" --output_dir "$RUNS/seg/demo/$run" \
-    --save_overlay True --overwrite True  # a resumed demo may have trained further: predict again
+  --batch_size 4 --pair_augmentation False --template_replace_prob 0.5 --max_replace 1 --seed "$SEED"
+# every held-out case with all modalities, then each modality removed in turn and filled with its template, with
+# zeros and with the case's mean (the baselines that show what the templates add)
+DEMO_SEG="$RUNS/seg/demo"
+python scripts/demo_missing_modality.py prepare --datalist "$DATA/brats/datalist.json" --out "$DEMO_SEG"
+INFER_CONFIGS="['$SEG/configs/inference.json','$SEG/configs/quick.json']"
+run_bundle "$SEG" "$INFER_CONFIGS" --bundle_root "$RUNS/seg" --datalist "$DEMO_SEG/all_modalities.json" \
+  --output_dir "$DEMO_SEG/all_modalities" --save_overlay True --overwrite True  # a resumed demo may have trained further
+for fill in templates zeros mean; do
+  run_bundle "$SEG" "$INFER_CONFIGS" --bundle_root "$RUNS/seg" --datalist "$DEMO_SEG/missing_each.json" \
+    --output_dir "$DEMO_SEG/$fill" --missing_fill "$fill" --overwrite True
 done
-python scripts/demo_missing_modality.py report --datalist "$DATA/brats/datalist.json" --out "$RUNS/seg/demo"
-echo "predictions, overlays and reference comparisons: $RUNS/seg/demo/"
+python scripts/demo_missing_modality.py report --datalist "$DATA/brats/datalist.json" --out "$DEMO_SEG"
+echo "predictions, overlays and reference comparisons: $DEMO_SEG/"
 
 stage classification "4/5 classification: fine-tune the pre-trained encoder (AD vs CN), evaluate on the test split"
 CLS_CONFIGS="['$CLS/configs/train.json','$CLS/configs/quick.json']"
 CLS_ARGS=(--bundle_root "$RUNS/cls" --dataset_dir "$DATA/adni" --roi_size "[48,48,48]")
-CLS_EPOCHS="${DEMO_CLS_EPOCHS:-45}"
+CLS_EPOCHS="${DEMO_CLS_EPOCHS:-${EPOCHS:-45}}"
 run_bundle "$CLS" "$CLS_CONFIGS" "${CLS_ARGS[@]}" --pretrained_encoder "$RUNS/pretrain/models/encoder.pt" \
   --templates_dir "$RUNS/pretrain/models/templates" --max_epochs "$CLS_EPOCHS" --epoch_length 12 \
   --val_interval "$(( CLS_EPOCHS > 5 ? CLS_EPOCHS / 5 : 1 ))" --learning_rate 0.001 --block_fill_ratio "[0.0,0.2]" \

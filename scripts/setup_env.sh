@@ -12,9 +12,14 @@ if [ ! -x "$VENV/bin/python" ]; then
   echo "[setup] creating virtual environment .venv"
   "$PYTHON" -m venv "$VENV"
 fi
+digest_of() { cat "$REPO_ROOT/requirements.txt" "$REPO_ROOT/$1" "$REPO_ROOT/pyproject.toml" | sha256sum | cut -d' ' -f1; }
+installed() { [ -f "$VENV/.brainmvp-installed-$(basename "$1")" ] && [ "$(cat "$VENV/.brainmvp-installed-$(basename "$1")")" = "$(digest_of "$1")" ]; }
 stamp="$VENV/.brainmvp-installed-$(basename "$REQUIREMENTS")"
-digest="$(cat "$REPO_ROOT/requirements.txt" "$REPO_ROOT/$REQUIREMENTS" "$REPO_ROOT/pyproject.toml" | sha256sum | cut -d' ' -f1)"
-if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$digest" ]; then
+digest="$(digest_of "$REQUIREMENTS")"
+# requirements-dev.txt includes requirements.txt: a current development install serves both
+if installed "$REQUIREMENTS" || { [ "$REQUIREMENTS" = requirements.txt ] && installed requirements-dev.txt; }; then
+  echo "[setup] .venv is up to date"
+else
   echo "[setup] installing $REQUIREMENTS into .venv (torch is pinned in requirements.txt)"
   "$VENV/bin/python" -m pip install --quiet --upgrade pip
   # requirements.txt pins torch first so that no dependency pulls a different build
@@ -22,7 +27,5 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$digest" ]; then
   "$VENV/bin/python" -m pip install --quiet -r "$REPO_ROOT/$REQUIREMENTS"
   "$VENV/bin/python" -m pip install --quiet --no-deps -e "$REPO_ROOT"
   echo "$digest" > "$stamp"
-else
-  echo "[setup] .venv is up to date"
 fi
 export PATH="$VENV/bin:$PATH"

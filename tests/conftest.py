@@ -58,3 +58,26 @@ def subprocess_env() -> dict[str, str]:
 @pytest.fixture(scope="session")
 def python_executable() -> str:
     return sys.executable
+
+
+@pytest.fixture(scope="session")
+def run_bundle(subprocess_env, python_executable):
+    """``run_bundle(name, configs, bundle_root, **overrides)``: ``python -m monai.bundle run`` of the repository's
+    bundle ``name`` with its ``configs`` (file names in its ``configs/``), outputs under ``bundle_root``; asserts
+    success and returns the output. Values other than strings are passed as JSON."""
+    import json
+    import subprocess
+
+    def run(name: str, configs: list[str], bundle_root: Path, timeout: int = 900, **overrides) -> str:
+        folder = BUNDLES_DIR / name / "configs"
+        command = [python_executable, "-m", "monai.bundle", "run", "--config_file"]
+        command += [json.dumps([str(folder / c) for c in configs]), "--meta_file", str(folder / "metadata.json")]
+        command += ["--bundle_root", str(bundle_root)]
+        for key, value in overrides.items():
+            command += [f"--{key}", value if isinstance(value, str) else json.dumps(value)]
+        result = subprocess.run(command, env=subprocess_env, capture_output=True, text=True, timeout=timeout)
+        output = result.stdout + result.stderr
+        assert result.returncode == 0, f"{name} {configs} failed:\n{output[-6000:]}"
+        return output
+
+    return run

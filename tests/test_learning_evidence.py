@@ -139,9 +139,11 @@ def test_template_parameter_group_has_its_own_learning_rate():
 # ---------------------------------------------------------------------------------------------------- summary
 def _inputs(wt: float = 0.9):
     pretrain = {"reconstruction_mse_ratio": 0.4, "templates_r": {"t1": 0.7, "t1c": 0.65, "t2": 0.8, "flair": 0.61}}
+    missing = {m: {"TC": 0.7, "WT": 0.82, "ET": 0.6} for m in ("t1", "t1c", "t2", "flair")}
+    baseline = {m: {"tc": 0.3, "wt": 0.5, "et": 0.1} for m in ("t1", "t1c", "t2", "flair")}
     dice = {
         "all_modalities": {"tc": 0.8, "wt": wt, "et": 0.7},
-        "missing_modalities": {"TC": 0.7, "WT": 0.8, "ET": 0.6},
+        "missing": {"templates": missing, "zeros": baseline, "mean": baseline},
     }
     cls = {"accuracy": 0.85, "balanced_accuracy": 0.84, "auc": 0.93, "f1": 0.8, "num_cases": 16}
     return pretrain, dice, cls, {"cohorts": 60, "pretrain": 180}
@@ -151,7 +153,11 @@ def test_summary_schema_and_targets():
     summary = build_learning_summary(*_inputs(), seg_cases=4)
     assert set(SUMMARY_KEYS) <= set(summary)
     assert summary["seg_dice_all"] == {"tc": 0.8, "wt": 0.9, "et": 0.7}
-    assert summary["seg_dice_imputed"] == {"tc": 0.7, "wt": 0.8, "et": 0.6}
+    assert summary["seg_dice_missing"]["t1c"] == {"tc": 0.7, "wt": 0.82, "et": 0.6}
+    assert set(summary["seg_dice_missing"]) == {"t1", "t1c", "t2", "flair"}
+    assert summary["seg_dice_missing_baselines"]["zeros"]["t2"]["wt"] == 0.5
+    assert set(summary["seg_dice_missing_baselines"]) == {"zeros", "mean"}
+    assert {"seg_dice_missing.t1.wt", "seg_dice_missing.t1c.tc"} <= set(summary["targets"])
     assert set(summary["cls"]) == {"accuracy", "balanced_accuracy", "auc", "num_cases"}
     assert set(summary["templates_r"]) == {"t1", "t1c", "t2", "flair"}
     assert summary["seconds"]["total"] == 240 and summary["seg_cases"] == 4
@@ -171,8 +177,11 @@ def test_summary_treats_undefined_figures_as_unmet_and_names_missing_inputs():
     cls["auc"] = float("nan")
     summary = build_learning_summary(pretrain, dice, cls, seconds)
     assert summary["cls"]["auc"] is None and not summary["targets"]["cls.auc"]["met"]
-    with pytest.raises(KeyError, match="missing_modalities"):
+    with pytest.raises(KeyError, match="'missing'"):
         build_learning_summary(pretrain, {"all_modalities": dice["all_modalities"]}, cls, seconds)
+    no_t2 = {**dice, "missing": {**dice["missing"], "mean": {"t1": dice["missing"]["mean"]["t1"]}}}
+    with pytest.raises(KeyError, match="mean/t1c"):
+        build_learning_summary(pretrain, no_t2, cls, seconds)
     with pytest.raises(KeyError, match="region"):
         build_learning_summary(pretrain, {**dice, "all_modalities": {"tc": 1.0}}, cls, seconds)
 

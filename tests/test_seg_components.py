@@ -10,10 +10,11 @@ from monai.data import MetaTensor
 from brainmvp_components.engines.consistency import ConsistencyTrainer
 from brainmvp_components.losses.consistency import FeatureConsistencyLoss
 from brainmvp_components.losses.segmentation import DeepSupervisionDiceBCELoss
+from brainmvp_components.metrics.learning_report import MISSING_FILLS
 from brainmvp_components.networks.templates import ModalityTemplates
 from brainmvp_components.networks.uniformer import uniformer_tiny
 from brainmvp_components.networks.uniunet import UniUNet
-from brainmvp_components.transforms.impute import ImputeMissingModalitiesd, MissingModalitiesError
+from brainmvp_components.transforms.impute import FILL_MODES, ImputeMissingModalitiesd, MissingModalitiesError
 from brainmvp_components.transforms.templates import RandTemplateReplaced, load_frozen_templates
 
 MODALITIES = ["t1", "t1c", "t2", "flair"]
@@ -144,6 +145,24 @@ def test_impute_missing_modalities(templates):
         ImputeMissingModalitiesd("image", templates, MODALITIES)(
             {"image": img, "missing_modalities": MODALITIES, "case": "case-7"}
         )
+
+
+def test_baseline_fills_need_no_templates():
+    img = MetaTensor(torch.zeros(4, *ROI))
+    img[:, 2:6, 2:6, 2:6] = torch.tensor([0.2, 0.0, 0.6, 0.8]).view(4, 1, 1, 1)  # t1c missing
+    head = torch.zeros(ROI, dtype=torch.bool)
+    head[2:6, 2:6, 2:6] = True
+    for fill, inside in (("zeros", 0.0), ("mean", (0.2 + 0.6 + 0.8) / 3)):
+        out = ImputeMissingModalitiesd("image", None, MODALITIES, fill=fill)(
+            {"image": img, "missing_modalities": ["t1c"], "case": "case-3"}
+        )
+        filled = out["image"][1].as_tensor()
+        torch.testing.assert_close(filled[head], torch.full((int(head.sum()),), inside))
+        assert torch.all(filled[~head] == 0) and torch.equal(out["image"][[0, 2, 3]], img[[0, 2, 3]])
+        assert out["imputed_modalities"] == ["t1c"]
+    with pytest.raises(ValueError, match="fill"):
+        ImputeMissingModalitiesd("image", None, MODALITIES, fill="noise")
+    assert FILL_MODES == MISSING_FILLS  # the demo reports every fill the transform offers
 
 
 def test_segmentation_loss_sums_scales():

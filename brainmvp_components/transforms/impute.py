@@ -26,6 +26,7 @@ from brainmvp_components.data.modalities import canonical_modalities, canonical_
 from brainmvp_components.transforms.templates import foreground_of, image_affine, load_frozen_templates
 
 __all__ = [
+    "FILL_MODES",
     "ImputeMissingModalities",
     "ImputeMissingModalitiesd",
     "MissingModalitiesError",
@@ -44,6 +45,10 @@ class MissingModalitiesError(ValueError):
 REGISTRATION_MODES: tuple[str, ...] = ("auto", "always", "never")
 """How :class:`ImputeMissingModalities` places the templates on a case: ``"auto"`` registers unless the case is in
 the templates' atlas frame, ``"always"`` registers every case, ``"never"`` places by world coordinates."""
+
+FILL_MODES: tuple[str, ...] = ("templates", "zeros", "mean")
+"""What fills a missing channel: its distilled template (the method), zeros, or the mean intensity of the case's
+present channels inside its foreground; the last two are the baselines that show what the templates add."""
 
 REGISTRATION_META_KEY = "template_registration"
 """Image meta-data key of the registration record (a JSON string, so that it survives collation)."""
@@ -84,6 +89,7 @@ class ImputeMissingModalities(Transform):
         (levels,
             iterations, sampling).
         min_coverage: warn when the imputed channels cover less than this fraction of the case's foreground.
+        fill: one of :data:`FILL_MODES`; ``"zeros"`` and ``"mean"`` need no templates and place nothing.
 
     ``__call__(img, missing, case=None)``: ``img`` is a ``MetaTensor (C, H, W, D)`` whose channels for the
     modalities in ``missing`` are placeholders; returns a copy with those channels replaced and
@@ -106,11 +112,19 @@ class ImputeMissingModalities(Transform):
         registration: str = "auto",
         registration_kwargs: dict | None = None,
         min_coverage: float = 0.9,
+        fill: str = "templates",
     ) -> None:
         if registration not in REGISTRATION_MODES:
             raise ValueError(f"registration must be one of {REGISTRATION_MODES}, got {registration!r}")
+        if fill not in FILL_MODES:
+            raise ValueError(f"fill must be one of {FILL_MODES}, got {fill!r}")
         self.modalities = canonical_modalities(modalities)
-        self.templates = load_frozen_templates(templates, required=self.modalities, purpose="template imputation")
+        self.fill = fill
+        self.templates = (
+            load_frozen_templates(templates, required=self.modalities, purpose="template imputation")
+            if fill == "templates"
+            else None
+        )
         self.registration = registration
         self.registration_kwargs = dict(registration_kwargs or {})
         self.min_coverage = float(min_coverage)
@@ -163,7 +177,17 @@ class ImputeMissingModalities(Transform):
         out = img.clone()
         imputed: list[str] = []
         record = None
-        if missing and self.templates is None:
+        if missing and self.fill != "templates":
+            present = [self.modalities.index(m) for m in self.modalities if m not in missing]
+            foreground = foreground_of(img, present).to(out.device)
+            value = 0.0
+            if self.fill == "mean" and bool(foreground.any()):
+                value = float(torch.as_tensor(img).as_subclass(torch.Tensor)[present][:, foreground].float().mean())
+            for m in missing:
+                out[self.modalities.index(m)] = foreground.to(out.dtype) * value
+            imputed = list(missing)
+            logger.info(f"{name}: filled {imputed} with {self.fill} (a baseline without templates)")
+        elif missing and self.templates is None:
             logger.warning(f"{name}: {missing} missing and no templates available; those channels stay zero")
         elif missing:
             present = [m for m in self.modalities if m not in missing]
@@ -217,7 +241,7 @@ class ImputeMissingModalitiesd(MapTransform):
 
     Args:
         keys: the image key.
-        templates, modalities, registration, registration_kwargs, min_coverage: see
+        templates, modalities, registration, registration_kwargs, min_coverage, fill: see
             :class:`ImputeMissingModalities`.
         missing_key, imputed_key: keys of the missing and imputed modality lists.
     """
@@ -234,6 +258,7 @@ class ImputeMissingModalitiesd(MapTransform):
         registration: str = "auto",
         registration_kwargs: dict | None = None,
         min_coverage: float = 0.9,
+        fill: str = "templates",
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
@@ -243,6 +268,7 @@ class ImputeMissingModalitiesd(MapTransform):
             registration=registration,
             registration_kwargs=registration_kwargs,
             min_coverage=min_coverage,
+            fill=fill,
         )
         self.missing_key = missing_key
         self.imputed_key = imputed_key
