@@ -172,9 +172,11 @@ def test_load_pretrained_encoder_both_formats(tmp_path, file_format):
     _assert_encoder_loaded(single, source)  # single channel: the pre-trained stem is kept
 
     multi = _classifier(in_channels=2, seed=1)
-    summary = load_pretrained_encoder(multi, path)
+    summary = load_pretrained_encoder(multi, path, stem="reinitialise")
     assert any(k.startswith("encoder.patch_embed1.proj.") for k in summary["reinitialised"])
     _assert_encoder_loaded(multi, source, skip_stem=True)  # multi-channel: the stem is re-initialised
+    summary = load_pretrained_encoder(_classifier(in_channels=2, seed=1), path, stem="adapt")
+    assert summary["adapted"] == ["encoder.patch_embed1.proj.weight"]  # shared across the channels
 
 
 def test_missing_pretrained_encoder_warns(tmp_path, caplog):

@@ -103,7 +103,7 @@ def test_convert_on_first_use_and_fine_tune(unet_file):
     pretrain_form.load_state_dict(torch.load(converted / "model.pt", weights_only=True), strict=True)
 
     network = brainmvp_resunet(in_channels=4, out_channels=3)
-    summary = load_pretrained_encoder(network, converted / "model.pt", include_decoder=True)
+    summary = load_pretrained_encoder(network, converted / "model.pt", include_decoder=True, stem="reinitialise")
     assert sorted(summary["reinitialised"]) == [
         "decoder.up1conv.bias",
         "decoder.up1conv.weight",
@@ -115,6 +115,8 @@ def test_convert_on_first_use_and_fine_tune(unet_file):
     # the authors' file itself works too
     summary = load_pretrained_encoder(brainmvp_resunet(in_channels=4, out_channels=3), path)
     assert summary["reinitialised"] == ["encoder.conv1a.weight", "encoder.conv1a.bias"]
+    summary = load_pretrained_encoder(brainmvp_resunet(in_channels=4, out_channels=3), path, stem="adapt")
+    assert summary["adapted"] == ["encoder.conv1a.weight"] and summary["reinitialised"] == []
 
     x = torch.rand(2, 4, 16, 16, 16)
     network.train()
@@ -182,6 +184,7 @@ def test_seg_bundle_unet_config(unet_file, tmp_path):
     assert parser.get_parsed_content("templates_dir") == str(converted / "templates")
     summary = load_pretrained_encoder(network, encoder_file)
     assert len(summary["loaded"]) == len(network.encoder.state_dict()) - 2  # all but the 4-channel stem
+    assert parser.get_parsed_content("pretrained_stem") == "reinitialise"  # "adapt" when the encoder is frozen
 
 
 def test_resunet_exports_to_torchscript():

@@ -266,7 +266,7 @@ def test_load_pretrained_encoder_formats(tmp_path):
     for name in ("encoder.pt", "official.pt"):
         network = _tiny_unet()
         stem = network.encoder.patch_embed1.proj.weight.clone()
-        summary = load_pretrained_encoder(network, tmp_path / name)
+        summary = load_pretrained_encoder(network, tmp_path / name, stem="reinitialise")
         assert summary["loaded"] and any("patch_embed1.proj" in k for k in summary["reinitialised"])
         torch.testing.assert_close(network.encoder.patch_embed1.proj.weight, stem)  # multi-channel stem kept
         key = next(k for k in source.state_dict() if k.startswith("blocks3") and k.endswith("weight"))

@@ -104,19 +104,32 @@ def _save(obj, path: Path) -> Path:
     return path
 
 
-def test_load_encoder_pt_reinitialises_stem(tmp_path):
+def test_load_encoder_pt_adapts_or_reinitialises_a_single_channel_stem(tmp_path):
     source = uniformer_tiny()
     path = _save(source.state_dict(), tmp_path / "encoder.pt")
     net = brainmvp_uniunet("tiny", in_channels=4)
+    summary = load_pretrained_encoder(net, path, stem="adapt")  # the pre-trained filters shared by the channels
+    assert summary["adapted"] == [STEM[0]] and summary["reinitialised"] == [] and summary["missing"] == []
+    assert len(summary["loaded"]) == len(source.state_dict())
+    torch.testing.assert_close(
+        net.encoder.patch_embed1.proj.weight, source.patch_embed1.proj.weight.repeat(1, 4, 1, 1, 1) / 4
+    )
+    x = torch.rand(1, 1, 32, 32, 32)
+    net.eval(), source.eval()
+    with torch.no_grad():  # four copies of one image give the single-channel encoder's features
+        torch.testing.assert_close(net.encoder(x.repeat(1, 4, 1, 1, 1))[-1], source(x)[-1], atol=1e-5, rtol=1e-4)
+
+    net = brainmvp_uniunet("tiny", in_channels=4)
     stem_before = net.encoder.patch_embed1.proj.weight.detach().clone()
-    summary = load_pretrained_encoder(net, path)
-    assert summary["reinitialised"] == STEM
-    assert summary["missing"] == []
+    summary = load_pretrained_encoder(net, path)  # by default, as the authors' fine-tuning
+    assert summary["reinitialised"] == STEM and summary["adapted"] == []
     assert len(summary["loaded"]) == len(source.state_dict()) - 2
     torch.testing.assert_close(net.encoder.patch_embed1.proj.weight.detach(), stem_before)
     torch.testing.assert_close(net.encoder.blocks3[1].attn.qkv.weight, source.blocks3[1].attn.qkv.weight)
     with pytest.raises(ValueError, match="strict_stem"):
         load_pretrained_encoder(net, path, strict_stem=True)
+    with pytest.raises(ValueError, match="stem must be one of"):
+        load_pretrained_encoder(net, path, stem="copy")
 
 
 def test_load_pretrain_model_pt(tmp_path):
@@ -141,7 +154,7 @@ def test_load_official_checkpoint_into_uniunet(tmp_path):
     state = {f"module.{k}": _fill(k, v) for k, v in shapes.items()}
     path = _save({"state_dict": state, "current_epoch": 1500}, tmp_path / "BrainMVP_uniformer.pt")
     net = brainmvp_uniunet("small", in_channels=4, out_channels=3)
-    summary = load_pretrained_encoder(net, path, include_decoder=True)
+    summary = load_pretrained_encoder(net, path, include_decoder=True, stem="reinitialise")
     assert summary["reinitialised"] == STEM + ["decoder.proj1.proj.weight", "decoder.proj1.proj.bias"]
     expected_missing = {"decoder.out.conv.conv.weight", "decoder.out.conv.conv.bias"}
     expected_missing |= {f"ms_out.{i}.{p}" for i in (0, 1) for p in ("weight", "bias")}

@@ -25,12 +25,20 @@ from brainmvp_components.weights.official import (
     read_state_dict,
 )
 
-__all__ = ["find_pretrained_encoder", "find_templates_dir", "load_pretrained_encoder", "load_encoder_if_present"]
+__all__ = [
+    "STEM_MODES",
+    "find_pretrained_encoder",
+    "find_templates_dir",
+    "load_encoder_if_present",
+    "load_pretrained_encoder",
+]
 
 logger = logging.getLogger(__name__)
 
 _ENCODER_STEMS = ("patch_embed1.proj.", "conv1a.")
 _DECODER_STEM = "decoder.proj1.proj."
+STEM_MODES: tuple[str, ...] = ("adapt", "reinitialise")
+"""What :func:`load_pretrained_encoder` does with a single-channel pre-trained stem in a multi-channel network."""
 _HEAD_PREFIXES = ("decoder.out.", "ms_out.", "decoder.up1conv.")
 
 
@@ -59,6 +67,7 @@ def load_pretrained_encoder(
     strict_stem: bool = False,
     include_decoder: bool = False,
     map_location: str | torch.device = "cpu",
+    stem: str = "reinitialise",
 ) -> dict[str, list[str]]:
     """Load pre-trained encoder weights into ``network.encoder`` (or into ``network`` if it has no ``encoder``).
 
@@ -67,10 +76,14 @@ def load_pretrained_encoder(
     dict with ``encoder.*`` keys (the authors' fine-tuned UniUNet, a UniUNet, ResUNet or classifier of this
     project).
 
-    The input stem adapts to the channel count: when ``patch_embed1.proj.weight`` (UniFormer) or
-    ``conv1a.weight`` (ResUNet) differs in shape (a single-channel pre-trained stem, a four-modality network),
-    that stem is left as initialised in ``network`` (as the authors do) unless ``strict_stem``. Any other shape
-    mismatch is an error.
+    The input stem adapts to the channel count. When ``patch_embed1.proj.weight`` (UniFormer) or
+    ``conv1a.weight`` (ResUNet) differs in input channels (BrainMVP pre-trains a single-channel stem, one
+    modality at a time; a segmentation network reads four), ``stem="adapt"`` gives every input channel the
+    pre-trained filters divided by the channel count, so that the layers after the stem receive the features
+    they were trained on (of the modalities' mean image) instead of those of a random stem: what a frozen encoder
+    needs, since its stem cannot learn. ``stem="reinitialise"`` (the default) leaves the stem as initialised in
+    ``network``, as the authors' fine-tuning does; ``strict_stem`` raises. A stem that differs otherwise is
+    re-initialised; any other shape mismatch is an error.
 
     With ``include_decoder=True``, the file's non-encoder weights whose names exist in ``network`` are loaded
     too, as the authors' fine-tuning does (the pre-trained ``decoderN.transp_conv`` weights fit UniUNet, the
@@ -81,18 +94,22 @@ def load_pretrained_encoder(
     Args:
         network: a network with an ``encoder`` attribute (UniUNet, classifier, pre-training model) or an encoder.
         path: the weights file.
-        strict_stem: raise instead of re-initialising a stem whose channel count differs.
+        strict_stem: raise instead of adapting or re-initialising a stem whose channel count differs.
+        stem: ``"adapt"`` or ``"reinitialise"`` a single-channel pre-trained stem (see above).
         include_decoder: also load matching non-encoder weights (see above).
         map_location: passed to ``torch.load``.
 
     Returns:
-        ``{"loaded": [...], "reinitialised": [...], "missing": [...], "unused": [...]}``, key names as in
-        ``network.state_dict()`` (``unused``: the file's keys that found no place). The lists are logged.
+        ``{"loaded": [...], "adapted": [...], "reinitialised": [...], "missing": [...], "unused": [...]}``, key
+        names as in ``network.state_dict()`` (``adapted``: stem weights loaded across channels, also in
+        ``loaded``; ``unused``: the file's keys that found no place). The lists are logged.
 
     Raises:
         CheckpointFormatError: no encoder weight of the file fits the network.
         ValueError: a shape mismatch outside the stem (and heads); the message names the key and both shapes.
     """
+    if stem not in STEM_MODES:
+        raise ValueError(f"stem must be one of {STEM_MODES}, got {stem!r}")
     source = str(path)
     state = read_state_dict(path, map_location)
     encoder_state, rest, file_format = _split_source(state)
@@ -106,8 +123,8 @@ def load_pretrained_encoder(
         candidates.update(rest)
         scope = list(expected)
 
-    reinit_groups = []
-    for group in (*(prefix + stem for stem in _ENCODER_STEMS), _DECODER_STEM):
+    reinit_groups, adapted = [], []
+    for group in (*(prefix + name for name in _ENCODER_STEMS), _DECODER_STEM):
         weight = group + "weight"
         if weight in candidates and weight in expected and candidates[weight].shape != expected[weight].shape:
             if strict_stem:
@@ -115,7 +132,17 @@ def load_pretrained_encoder(
                     f"{source}: input stem {weight} has shape {tuple(candidates[weight].shape)} in the file but "
                     f"{tuple(expected[weight].shape)} in the network (strict_stem=True)"
                 )
-            reinit_groups.append(group)
+            found, wanted = candidates[weight], expected[weight]
+            channels = wanted.shape[1]
+            if (
+                stem == "adapt"
+                and found.shape[1] == 1
+                and found.shape[:1] + found.shape[2:] == wanted.shape[:1] + wanted.shape[2:]
+            ):
+                candidates[weight] = found.repeat(1, channels, *([1] * (found.ndim - 2))) / channels
+                adapted.append(weight)
+            else:
+                reinit_groups.append(group)
 
     loaded: dict[str, torch.Tensor] = {}
     reinitialised, unused = [], []
@@ -140,13 +167,21 @@ def load_pretrained_encoder(
         )
     network.load_state_dict(loaded, strict=False)
     missing = [k for k in scope if k not in loaded and k not in reinitialised]
-    summary = {"loaded": list(loaded), "reinitialised": reinitialised, "missing": missing, "unused": unused}
+    summary = {
+        "loaded": list(loaded),
+        "adapted": adapted,
+        "reinitialised": reinitialised,
+        "missing": missing,
+        "unused": unused,
+    }
     logger.info(
-        "%s (%s): loaded %d tensors into %s; re-initialised %s; missing %s; unused %d",
+        "%s (%s): loaded %d tensors into %s; stem adapted across input channels %s; re-initialised %s; "
+        "missing %s; unused %d",
         source,
         file_format,
         len(loaded),
         type(network).__name__,
+        adapted,
         reinitialised,
         missing,
         len(unused),
@@ -192,9 +227,11 @@ def find_templates_dir(*candidates: str | os.PathLike | None) -> str | None:
     return str((folders or chosen)[-1]) if chosen else None
 
 
-def load_encoder_if_present(network: nn.Module, path: str | os.PathLike | None) -> nn.Module:
-    """:func:`load_pretrained_encoder` when ``path`` is an existing file; returns ``network`` (for chaining in
-    configs).
+def load_encoder_if_present(
+    network: nn.Module, path: str | os.PathLike | None, stem: str = "reinitialise"
+) -> nn.Module:
+    """:func:`load_pretrained_encoder` (with ``stem``) when ``path`` is an existing file; returns ``network`` (for
+    chaining in configs).
 
     ``None``, an empty string or a missing file leave the encoder as initialised, with a warning that the
     encoder trains from scratch.
@@ -202,5 +239,5 @@ def load_encoder_if_present(network: nn.Module, path: str | os.PathLike | None) 
     if not path or not Path(path).is_file():
         logger.warning("pre-trained encoder %r not found: the encoder trains from scratch", path)
         return network
-    load_pretrained_encoder(network, str(path))
+    load_pretrained_encoder(network, str(path), stem=stem)
     return network
