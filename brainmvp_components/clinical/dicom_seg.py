@@ -22,7 +22,14 @@ import numpy as np
 
 from brainmvp_components.utils.writers import atomic_write
 
-__all__ = ["DEFAULT_LABEL_NAMES", "write_dicom_seg", "read_dicom_seg", "segment_property_type"]
+__all__ = [
+    "DEFAULT_LABEL_NAMES",
+    "write_dicom_seg",
+    "read_dicom_seg",
+    "segment_property_type",
+    "segment_table",
+    "segment_frames",
+]
 
 DEFAULT_LABEL_NAMES: dict[int, str] = {1: "necrotic tumour core", 2: "peritumoural oedema", 4: "enhancing tumour"}
 """BraTS 2021 labels (enhancing 4; use 3 for BraTS 2023) and their segment labels."""
@@ -48,6 +55,43 @@ def segment_property_type(label_name: str):
         if keyword in lowered:
             return getattr(codes.SCT, name)
     return codes.SCT.Neoplasm
+
+
+def segment_table(label_names: Mapping[int, str] = DEFAULT_LABEL_NAMES) -> list[dict]:
+    """One entry per label, segment numbers 1, 2, ... in the order of ``label_names``: ``value``, ``label``,
+    ``category`` and ``type`` (SNOMED CT codes) and ``tracking_id`` (``"label <value>"``, from which
+    :func:`read_dicom_seg` rebuilds the label values). For SEG writers whose segments are fixed before the labels
+    exist (MONAI Deploy's ``DICOMSegmentationWriterOperator``); pair it with :func:`segment_frames`."""
+    from pydicom.sr.codedict import codes
+
+    return [
+        {
+            "value": int(value),
+            "label": name,
+            "category": codes.SCT.MorphologicallyAbnormalStructure,
+            "type": segment_property_type(name),
+            "tracking_id": f"label {int(value)}",
+        }
+        for value, name in label_names.items()
+    ]
+
+
+def segment_frames(labels: np.ndarray, label_names: Mapping[int, str] = DEFAULT_LABEL_NAMES) -> np.ndarray:
+    """The SEG frames ``(slices, rows, columns)`` (uint8) of a label map ``(columns, rows, slices)`` on the source
+    grid (the module's convention): each label value replaced by its segment number in :func:`segment_table`.
+
+    Raises:
+        ValueError: label values without a name in ``label_names``.
+    """
+    labels = np.asarray(labels)
+    numbers = {int(value): number for number, value in enumerate(label_names, start=1)}
+    unnamed = [int(v) for v in np.unique(labels) if v != 0 and int(v) not in numbers]
+    if unnamed:
+        raise ValueError(f"label values {unnamed} have no name in label_names {dict(label_names)}")
+    frames = np.zeros(labels.shape, dtype=np.uint8)
+    for value, number in numbers.items():
+        frames[labels == value] = number
+    return np.ascontiguousarray(frames.transpose(2, 1, 0))
 
 
 def _read_sources(source_files: Sequence[str | os.PathLike]) -> list:

@@ -54,6 +54,7 @@ __all__ = [
     "IDENTITY_ACTIONS",
     "CaseResult",
     "HospitalStudySegmenter",
+    "segmenter_from_bundle",
     "find_study_cases",
     "choose_reference",
     "load_trained_weights",
@@ -278,9 +279,14 @@ class HospitalStudySegmenter:
                 logger.error(f"{case}: failed: {message}")
                 results.append(CaseResult(case, error=message))
             self._write_run_report(results)
-        return self._finish(results)
+        return self.finish(results)
 
-    def _finish(self, results: Sequence[CaseResult]) -> list[CaseResult]:
+    def finish(self, results: Sequence[CaseResult]) -> list[CaseResult]:
+        """Write ``qc.csv`` for ``results`` and log the run's summary line.
+
+        Raises:
+            InferenceFailed: some case failed, or (``fail_on_flags``) was flagged; the message is the summary.
+        """
         report = self._write_run_report(results)
         failed = [r for r in results if r.error]
         flagged = [r for r in results if r.flagged]
@@ -308,21 +314,25 @@ class HospitalStudySegmenter:
     # ---------------------------------------------------------------- one case
     def segment_case(self, case_dir: str | Path) -> CaseResult:
         """Run the steps of the module docstring on one study folder and write its outputs."""
-        from brainmvp_components.clinical.brain_mask import extract_brain
-        from brainmvp_components.clinical.qc import CaseQC, qc_flags, tumour_volumes
+        case = Path(case_dir).name
+        start = time.perf_counter()
+        assigned, skipped, unassigned = self.identify_case(case_dir)
+        seconds = {"read_and_identify": round(time.perf_counter() - start, 2)}
+        return self.segment_series(case, assigned, skipped=skipped, unassigned=unassigned, seconds=seconds)
+
+    def identify_case(self, case_dir: str | Path) -> tuple[dict[str, Any], list[Any], list[Any]]:
+        """Steps 1-2 on one study folder: ``(modality -> Identification, skipped series, unused identifications)``.
+
+        Raises:
+            ValueError: no series is one of the model's modalities (one line naming the case and its series); the
+                errors of :func:`~brainmvp_components.data.series.read_study` and
+                :func:`~brainmvp_components.data.identify.assign_modalities`.
+        """
         from brainmvp_components.data.identify import assign_modalities
         from brainmvp_components.data.series import read_study
 
         case_dir = Path(case_dir)
         case = case_dir.name
-        start = time.perf_counter()
-        seconds: dict[str, float] = {}
-
-        def lap(step: str, since: float) -> float:
-            now = time.perf_counter()
-            seconds[step] = round(now - since, 2)
-            return now
-
         series, skipped = read_study(case_dir)
         for item in skipped:
             logger.info(f"{case}: series '{item.name}' skipped: {item.reason}")
@@ -337,8 +347,47 @@ class HospitalStudySegmenter:
             )
         for modality, ident in assigned.items():
             logger.info(f"{case}: {modality} <- '{ident.series.name}' ({ident.evidence})")
-        mark = lap("read_and_identify", start)
+        return assigned, skipped, unassigned
 
+    def segment_series(
+        self,
+        case: str,
+        assigned: Mapping[str, Any],
+        *,
+        skipped: Sequence[Any] = (),
+        unassigned: Sequence[Any] = (),
+        seconds: Mapping[str, float] | None = None,
+    ) -> CaseResult:
+        """Steps 3-9 on series already read and identified, as :meth:`identify_case` returns them or as another
+        reader (MONAI Deploy's series selection) gives them.
+
+        Args:
+            case: the case id: the name of its output folder and files.
+            assigned: modality -> :class:`~brainmvp_components.data.identify.Identification` (``series`` and
+                ``evidence``), in the order of :attr:`modalities`.
+            skipped: :class:`~brainmvp_components.data.series.SkippedSeries` left out when reading, for the record.
+            unassigned: identifications of series not used, for the record.
+            seconds: time already spent on the case, by step (added to the record's ``step_seconds``).
+        """
+        from brainmvp_components.clinical.brain_mask import extract_brain
+        from brainmvp_components.clinical.qc import CaseQC, qc_flags, tumour_volumes
+
+        if not assigned:
+            raise ValueError(f"{case}: no series given for any of {list(self.modalities)}")
+        unknown = [m for m in assigned if m not in self.modalities]
+        if unknown:
+            raise ValueError(f"{case}: series given as {unknown}, which the model does not take ({self.modalities})")
+        assigned = {m: assigned[m] for m in self.modalities if m in assigned}
+        start = time.perf_counter()
+        seconds = dict(seconds or {})
+        start -= sum(seconds.values())
+
+        def lap(step: str, since: float) -> float:
+            now = time.perf_counter()
+            seconds[step] = round(now - since, 2)
+            return now
+
+        mark = time.perf_counter()
         reference_modality = choose_reference(assigned)
         reference = assigned[reference_modality].series
         transforms, registration_records = self._coregister(assigned, reference_modality)
@@ -602,3 +651,43 @@ class HospitalStudySegmenter:
                 )
             )
         return outputs
+
+
+def segmenter_from_bundle(
+    bundle_root: str | Path,
+    config_files: Sequence[str] = ("inference.json", "inference_clinical.json"),
+    output_dir: str | Path | None = None,
+    **overrides: Any,
+) -> HospitalStudySegmenter:
+    """The :class:`HospitalStudySegmenter` that ``inference_clinical.json`` configures for the trained bundle at
+    ``bundle_root``, initialised as ``python -m monai.bundle run`` initialises it (determinism, trained weights).
+
+    Args:
+        bundle_root: the bundle folder: ``configs/`` (with ``metadata.json``) and ``models/`` (``model.pt`` and
+            ``templates/``).
+        config_files: the config files to layer, names in ``configs/`` or paths, ending with
+            ``inference_clinical.json``; add ``quick.json`` before it for a model trained with it.
+        output_dir: where the cases' folders and ``qc.csv`` go (the config's default when ``None``).
+        overrides: further config overrides (``write_dicom_seg=False``, ``brain_extraction="atlas"``...).
+
+    Raises:
+        InferenceError: a config file or the trained model is missing (one line naming it).
+    """
+    from monai.bundle import ConfigWorkflow
+
+    root = Path(bundle_root)
+    files = [Path(c) if Path(c).is_absolute() else root / "configs" / c for c in config_files]
+    missing = [str(f) for f in (*files, root / "configs" / "metadata.json") if not f.is_file()]
+    if missing:
+        raise InferenceError(f"hospital studies not started: bundle {root} lacks {', '.join(missing)}")
+    if output_dir is not None:
+        overrides["output_dir"] = str(output_dir)
+    workflow = ConfigWorkflow(
+        config_file=[str(f) for f in files],
+        meta_file=str(root / "configs" / "metadata.json"),
+        workflow_type="inference",
+        bundle_root=str(root),
+        **overrides,
+    )
+    workflow.initialize()
+    return workflow.parser.get_parsed_content("segmenter")
