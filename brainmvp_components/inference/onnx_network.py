@@ -1,0 +1,130 @@
+"""An exported ONNX model as a network: ONNX Runtime behind the call signature MONAI's inferers use.
+
+``python -m monai.bundle onnx_export`` writes the bundle's network as an ONNX file; :class:`OnnxNetwork` runs that file
+with an ``onnxruntime.InferenceSession`` and takes and returns torch tensors, so ``SlidingWindowInferer``, the
+evaluator and the post-processing of ``inference.json`` run unchanged (the segmentation bundle's
+``inference_onnx.json``).
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = ["OnnxNetwork", "onnx_export_command"]
+
+_ONNX_FLOAT = "tensor(float)"
+
+
+def onnx_export_command(
+    filepath: str | os.PathLike,
+    ckpt_file: str | os.PathLike,
+    config_file: str | os.PathLike | Sequence[str | os.PathLike],
+    input_shape: Sequence[int],
+    net_id: str = "network_def",
+) -> str:
+    """The ``python -m monai.bundle onnx_export`` command line that writes ``filepath`` from ``ckpt_file``.
+
+    Args:
+        filepath: the ONNX file to write.
+        ckpt_file: the checkpoint (a state dict) of the network.
+        config_file: the config file(s) that define ``net_id``.
+        input_shape: the shape of the example input, ``(B, C, *roi_size)``.
+        net_id: the id of the network definition in the configs.
+    """
+    files = [str(config_file)] if isinstance(config_file, (str, os.PathLike)) else [str(f) for f in config_file]
+    words = ["python", "-m", "monai.bundle", "onnx_export", "--net_id", net_id, "--filepath", str(filepath)]
+    words += ["--ckpt_file", str(ckpt_file), "--config_file", files[0] if len(files) == 1 else str(files)]
+    words += ["--input_shape", str([int(s) for s in input_shape])]
+    return shlex.join(words)
+
+
+class OnnxNetwork(nn.Module):
+    """Run an ONNX model of one input and one output with ONNX Runtime, on torch tensors.
+
+    Args:
+        path: the ``.onnx`` file.
+        providers: ONNX Runtime execution providers, in order of preference.
+        intra_op_num_threads: threads of one operator; 0 lets ONNX Runtime choose (one per physical core).
+        export_command: the command that writes ``path``, named in the error when the file is missing.
+
+    Shapes: ``(B, C, *S) -> (B, C_out, *S)``, as the exported network. A model exported with a fixed batch size is run
+    on the input in chunks of that size; one exported with fixed spatial sides takes only inputs of those sides.
+    The output is float32 on the input's device.
+
+    Raises:
+        FileNotFoundError: ``path`` is not a file.
+        ValueError: the model does not take one float input of rank 5 or does not give one output.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        providers: Sequence[str] = ("CPUExecutionProvider",),
+        intra_op_num_threads: int = 0,
+        export_command: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.path = Path(path)
+        if not self.path.is_file():
+            how = f"; export it with: {export_command}" if export_command else ""
+            raise FileNotFoundError(f"ONNX model {self.path} not found{how}")
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = int(intra_op_num_threads)
+        try:
+            self.session = onnxruntime.InferenceSession(str(self.path), sess_options=options, providers=list(providers))
+        except Exception as err:
+            raise ValueError(f"ONNX model {self.path} cannot be loaded by ONNX Runtime: {err}") from err
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        if len(inputs) != 1 or len(inputs[0].shape) != 5 or inputs[0].type != _ONNX_FLOAT:
+            found = [(i.name, i.type, i.shape) for i in inputs]
+            raise ValueError(f"ONNX model {self.path} must take one float input (B, C, H, W, D), it takes {found}")
+        if len(outputs) != 1:
+            raise ValueError(
+                f"ONNX model {self.path} gives {len(outputs)} outputs, one is needed (export the network in eval mode)"
+            )
+        self.input_name = inputs[0].name
+        self.input_shape: list[int | None] = [d if isinstance(d, int) else None for d in inputs[0].shape]
+
+    def _check(self, x: torch.Tensor) -> None:
+        fixed = [(i, d) for i, d in enumerate(self.input_shape) if d is not None and i > 0]
+        wrong = [i for i, d in fixed if i >= x.ndim or x.shape[i] != d]
+        if x.ndim != 5 or wrong:
+            expected = ["B" if d is None or i == 0 else d for i, d in enumerate(self.input_shape)]
+            hint = ""
+            if x.ndim == 5 and any(i >= 2 for i in wrong):
+                hint = f"; export it again with --input_shape {[1, *x.shape[1:]]} or set roi_size to {expected[2:]}"
+            raise ValueError(f"ONNX model {self.path} takes {expected}, got {list(x.shape)}{hint}")
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.input_name: x})[0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check(x)
+        array = np.ascontiguousarray(x.detach().as_subclass(torch.Tensor).to(device="cpu", dtype=torch.float32).numpy())
+        batch = self.input_shape[0]
+        if batch is None or batch == array.shape[0]:
+            out = self._run(array)
+        else:
+            chunks = []
+            for start in range(0, array.shape[0], batch):
+                chunk = array[start : start + batch]
+                short = batch - chunk.shape[0]
+                if short:
+                    chunk = np.concatenate([chunk, np.zeros((short, *chunk.shape[1:]), chunk.dtype)])
+                chunks.append(self._run(chunk)[: batch - short])
+            out = np.concatenate(chunks)
+        if out.shape[0] != x.shape[0] or out.shape[2:] != tuple(x.shape[2:]):
+            raise ValueError(f"ONNX model {self.path} gave {list(out.shape)} for an input of {list(x.shape)}")
+        return torch.from_numpy(out).to(x.device)
+
+    def extra_repr(self) -> str:
+        return f"path={str(self.path)!r}, providers={self.session.get_providers()}"
