@@ -17,7 +17,8 @@ import pytest
 import torch
 from monai.bundle import ConfigParser, ConfigWorkflow, onnx_export
 
-from brainmvp_components.inference.onnx_network import OnnxNetwork, onnx_export_command
+from brainmvp_components.inference.batch import InferenceError
+from brainmvp_components.inference.onnx_network import OnnxModelError, OnnxNetwork, onnx_export_command
 from brainmvp_components.metrics.segmentation import brats_region_metrics, label_map_to_regions
 from brainmvp_components.networks.uniunet import UniUNet, brainmvp_uniunet
 
@@ -100,29 +101,44 @@ def test_window_of_other_size_is_a_clear_error(bundle):
     retake = r"model\.onnx takes \['B', 4, 32, 32, 32\].*--input_shape \[1, 4, 48, 48, 48\]"
     with pytest.raises(ValueError, match=retake):
         OnnxNetwork(path)(torch.rand(1, 4, 48, 48, 48))
-    with pytest.raises(ValueError, match=r"takes \['B', 4, 32, 32, 32\], got \[1, 3, 32, 32, 32\]"):
+    with pytest.raises(ValueError, match=r"takes \['B', 4, 32, 32, 32\], got \[1, 3, 32, 32, 32\]$"):
         OnnxNetwork(path)(torch.rand(1, 3, 32, 32, 32))
+    with pytest.raises(
+        OnnxModelError, match=r"takes \['B', 4, 32, 32, 32\], the run gives windows of \[4, 96, 96, 96\]"
+    ):
+        OnnxNetwork(path, window=[4, 96, 96, 96])
 
 
-def test_missing_onnx_file_names_the_path_and_the_export_command(tmp_path):
+def _onnx_config(bundle_root: Path, **overrides) -> ConfigParser:
     configs = BUNDLE / "configs"
     parser = ConfigParser()
     parser.read_config([str(configs / c) for c in ("inference.json", "quick.json", "inference_onnx.json")])
-    parser["bundle_root"] = str(tmp_path)
-    with pytest.raises(Exception) as info:
-        parser.get_parsed_content("network")
-    cause = info.value
-    while cause.__cause__ is not None:
-        cause = cause.__cause__
-    assert isinstance(cause, FileNotFoundError)
+    parser["bundle_root"] = str(bundle_root)
+    for key, value in overrides.items():
+        parser[key] = value
+    return parser
+
+
+def test_missing_onnx_file_names_the_path_and_the_export_command(tmp_path):
+    """One line, and no configuration-evaluation traceback: an InferenceError ends ``monai.bundle run`` with it."""
+    with pytest.raises(OnnxModelError) as info:
+        _onnx_config(tmp_path).get_parsed_content("network")
+    assert isinstance(info.value, InferenceError)
     expected = onnx_export_command(
         tmp_path / "models" / "model.onnx",
         tmp_path / "models" / "model.pt",
         tmp_path / "configs" / "inference.json",
         [1, 4, 32, 32, 32],
     )
-    assert str(cause) == f"ONNX model {tmp_path / 'models' / 'model.onnx'} not found; export it with: {expected}"
-    assert "\n" not in str(cause) and "--input_shape '[1, 4, 32, 32, 32]'" in expected
+    assert str(info.value) == f"ONNX model {tmp_path / 'models' / 'model.onnx'} not found; export it with: {expected}"
+    assert "\n" not in str(info.value) and "--input_shape '[1, 4, 32, 32, 32]'" in expected
+
+
+def test_config_refuses_a_model_exported_for_other_windows(bundle):
+    with pytest.raises(
+        OnnxModelError, match=r"takes \['B', 4, 32, 32, 32\], the run gives windows of \[4, 48, 48, 48\]"
+    ):
+        _onnx_config(bundle, roi_size=[48, 48, 48]).get_parsed_content("network")
 
 
 def test_overlays_disable_the_checkpoint_loader():
@@ -171,3 +187,16 @@ def test_inference_onnx_config_matches_eager_inference(bundle, brats_cohort, tmp
     assert all(0 < r.sum() < r.numel() for r in eager_regions)  # every region is there and is not everything
     dice = brats_region_metrics(onnx_regions, eager_regions, metrics=("dice",))["dice"]
     assert min(dice) > 0.995, dice
+
+
+def test_benchmark_export_compares_the_backends_on_one_window():
+    """``scripts/benchmark_export.py``'s workload runs (its figures are not checked: they belong to the machine)."""
+    from brainmvp_components.benchmarks.export import run, table
+
+    result = run(preset="tiny", repeats=1)
+    rows = {r["backend"]: r for r in result["rows"]}
+    assert list(rows)[:2] == ["eager", "onnxruntime"] and result["settings"]["input_shape"] == WINDOW
+    for name in ("onnxruntime", "openvino"):
+        if name in rows:
+            assert rows[name]["max_abs_diff"] < 1e-3 and rows[name]["labels_agree"] > 0.999, rows[name]
+    assert table(result).count("\n") == len(rows) + 1

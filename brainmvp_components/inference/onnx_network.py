@@ -17,9 +17,23 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["OnnxNetwork", "onnx_export_command"]
+from brainmvp_components.inference.batch import InferenceError
+
+__all__ = ["OnnxModelError", "OnnxNetwork", "onnx_export_command"]
 
 _ONNX_FLOAT = "tensor(float)"
+
+
+class OnnxModelError(InferenceError):
+    """The ONNX model is missing, cannot be loaded or does not fit the run; the message names the file.
+
+    An :class:`~brainmvp_components.inference.batch.InferenceError`: ``python -m monai.bundle run`` ends with its
+    one-line message and exit status 1.
+    """
+
+    def __init__(self, path: str | os.PathLike, problem: str) -> None:
+        super().__init__(f"ONNX model {path} {problem}")
+        self.path = Path(path)
 
 
 def onnx_export_command(
@@ -52,15 +66,18 @@ class OnnxNetwork(nn.Module):
         path: the ``.onnx`` file.
         providers: ONNX Runtime execution providers, in order of preference.
         intra_op_num_threads: threads of one operator; 0 lets ONNX Runtime choose (one per physical core).
-        export_command: the command that writes ``path``, named in the error when the file is missing.
+        window: the input a forward gets without its batch axis, ``(C, *roi_size)``; a model exported for another
+            one is refused here rather than at the first window.
+        export_command: the command that writes ``path`` for ``window``, named when the file is missing or was
+            exported for other windows.
 
     Shapes: ``(B, C, *S) -> (B, C_out, *S)``, as the exported network. A model exported with a fixed batch size is run
     on the input in chunks of that size; one exported with fixed spatial sides takes only inputs of those sides.
     The output is float32 on the input's device.
 
     Raises:
-        FileNotFoundError: ``path`` is not a file.
-        ValueError: the model does not take one float input of rank 5 or does not give one output.
+        OnnxModelError: ``path`` is not a file, ONNX Runtime cannot load it, it does not take one float input of rank 5
+            and give one output, or it was exported for windows other than ``window``.
     """
 
     def __init__(
@@ -68,13 +85,14 @@ class OnnxNetwork(nn.Module):
         path: str | os.PathLike,
         providers: Sequence[str] = ("CPUExecutionProvider",),
         intra_op_num_threads: int = 0,
+        window: Sequence[int] | None = None,
         export_command: str | None = None,
     ) -> None:
         super().__init__()
         self.path = Path(path)
+        how = f"; export it with: {export_command}" if export_command else ""
         if not self.path.is_file():
-            how = f"; export it with: {export_command}" if export_command else ""
-            raise FileNotFoundError(f"ONNX model {self.path} not found{how}")
+            raise OnnxModelError(self.path, f"not found{how}")
         import onnxruntime
 
         options = onnxruntime.SessionOptions()
@@ -82,27 +100,39 @@ class OnnxNetwork(nn.Module):
         try:
             self.session = onnxruntime.InferenceSession(str(self.path), sess_options=options, providers=list(providers))
         except Exception as err:
-            raise ValueError(f"ONNX model {self.path} cannot be loaded by ONNX Runtime: {err}") from err
+            problem = " ".join(str(err).split())
+            raise OnnxModelError(
+                self.path, f"cannot be loaded by ONNX Runtime: {type(err).__name__}: {problem}"
+            ) from err
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         if len(inputs) != 1 or len(inputs[0].shape) != 5 or inputs[0].type != _ONNX_FLOAT:
             found = [(i.name, i.type, i.shape) for i in inputs]
-            raise ValueError(f"ONNX model {self.path} must take one float input (B, C, H, W, D), it takes {found}")
+            raise OnnxModelError(self.path, f"must take one float input (B, C, H, W, D), it takes {found}")
         if len(outputs) != 1:
-            raise ValueError(
-                f"ONNX model {self.path} gives {len(outputs)} outputs, one is needed (export the network in eval mode)"
+            raise OnnxModelError(
+                self.path, f"gives {len(outputs)} outputs, one is needed (export the network in eval mode)"
             )
         self.input_name = inputs[0].name
         self.input_shape: list[int | None] = [d if isinstance(d, int) else None for d in inputs[0].shape]
+        if window is not None and not self._fits([1, *window]):
+            problem = f"takes {self._expected()}, the run gives windows of {list(window)}"
+            if len(window) == 4 and self._fits([1, window[0], *self.input_shape[2:]]):
+                problem += f": set roi_size to {self._expected()[2:]}"
+                problem += f", or export it for these windows with: {export_command}" if export_command else ""
+            raise OnnxModelError(self.path, problem)
+
+    def _expected(self) -> list[int | str]:
+        return ["B" if d is None or i == 0 else d for i, d in enumerate(self.input_shape)]
+
+    def _fits(self, shape: Sequence[int]) -> bool:
+        return len(shape) == 5 and all(d is None or i == 0 or shape[i] == d for i, d in enumerate(self.input_shape))
 
     def _check(self, x: torch.Tensor) -> None:
-        fixed = [(i, d) for i, d in enumerate(self.input_shape) if d is not None and i > 0]
-        wrong = [i for i, d in fixed if i >= x.ndim or x.shape[i] != d]
-        if x.ndim != 5 or wrong:
-            expected = ["B" if d is None or i == 0 else d for i, d in enumerate(self.input_shape)]
-            hint = ""
-            if x.ndim == 5 and any(i >= 2 for i in wrong):
-                hint = f"; export it again with --input_shape {[1, *x.shape[1:]]} or set roi_size to {expected[2:]}"
-            raise ValueError(f"ONNX model {self.path} takes {expected}, got {list(x.shape)}{hint}")
+        if not self._fits(x.shape):
+            hint, sides = "", self._expected()[2:]
+            if x.ndim == 5 and self._fits([1, x.shape[1], *self.input_shape[2:]]):
+                hint = f"; export it again with --input_shape {[1, *x.shape[1:]]} or set roi_size to {sides}"
+            raise ValueError(f"ONNX model {self.path} takes {self._expected()}, got {list(x.shape)}{hint}")
 
     def _run(self, x: np.ndarray) -> np.ndarray:
         return self.session.run(None, {self.input_name: x})[0]
