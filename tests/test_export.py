@@ -8,7 +8,9 @@ each region covers part of a window (labels then test something). Speed is measu
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
+import subprocess
 from pathlib import Path
 
 import nibabel as nib
@@ -18,7 +20,12 @@ import torch
 from monai.bundle import ConfigParser, ConfigWorkflow, onnx_export
 
 from brainmvp_components.inference.batch import InferenceError
-from brainmvp_components.inference.onnx_network import OnnxModelError, OnnxNetwork, onnx_export_command
+from brainmvp_components.inference.onnx_network import (
+    EXPORT_OPTIONS,
+    OnnxModelError,
+    OnnxNetwork,
+    onnx_export_command,
+)
 from brainmvp_components.metrics.segmentation import brats_region_metrics, label_map_to_regions
 from brainmvp_components.networks.uniunet import UniUNet, brainmvp_uniunet
 
@@ -39,7 +46,7 @@ def _tiny_network() -> UniUNet:
 
 
 def _export(bundle: Path, filename: str, **converter_kwargs) -> Path:
-    """The bundle command's code path: ``python -m monai.bundle onnx_export`` calls this function."""
+    """``monai.bundle onnx_export`` in this process (the function the command line calls), with the bundle's options."""
     configs = bundle / "configs"
     path = bundle / "models" / filename
     onnx_export(
@@ -48,19 +55,31 @@ def _export(bundle: Path, filename: str, **converter_kwargs) -> Path:
         ckpt_file=str(bundle / "models" / "model.pt"),
         config_file=[str(configs / "inference.json"), str(configs / "quick.json")],
         input_shape=WINDOW,
-        converter_kwargs=converter_kwargs or None,
+        use_trace=EXPORT_OPTIONS["use_trace"],
+        converter_kwargs={**EXPORT_OPTIONS["converter_kwargs"], **converter_kwargs},
     )
     return path
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory) -> Path:
-    """A copy of the bundle's configs with ``models/model.pt`` (the tiny network) and ``models/model.onnx``."""
+def bundle(tmp_path_factory, subprocess_env, python_executable) -> Path:
+    """A copy of the bundle's configs with ``models/model.pt`` (the tiny network) and ``models/model.onnx``, exported
+    by the command that the bundle's error message and README give, run from the bundle's folder."""
     root = tmp_path_factory.mktemp("export") / "brainmvp_brats_seg"
     shutil.copytree(BUNDLE / "configs", root / "configs")
     (root / "models").mkdir()
     torch.save(_tiny_network().state_dict(), root / "models" / "model.pt")
-    _export(root, "model.onnx")
+    command = onnx_export_command(
+        "models/model.onnx", "models/model.pt", ["configs/inference.json", "configs/quick.json"], WINDOW
+    )
+    assert command.startswith("python ")
+    temp = tmp_path_factory.mktemp("export_tmp")
+    env = {**subprocess_env, "TMPDIR": str(temp)}
+    command = shlex.quote(python_executable) + command[len("python") :]
+    result = subprocess.run(["bash", "-c", command], cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    assert sorted(p.name for p in (root / "models").iterdir()) == ["model.onnx", "model.pt"]
+    assert not [p.name for p in temp.iterdir() if p.is_file()]  # no weights left beside the exporter's temporary file
     return root
 
 
@@ -131,7 +150,7 @@ def test_missing_onnx_file_names_the_path_and_the_export_command(tmp_path):
         [1, 4, 32, 32, 32],
     )
     assert str(info.value) == f"ONNX model {tmp_path / 'models' / 'model.onnx'} not found; export it with: {expected}"
-    assert "\n" not in str(info.value) and "--input_shape '[1, 4, 32, 32, 32]'" in expected
+    assert "\n" not in str(info.value) and '--input_shape "[1, 4, 32, 32, 32]"' in expected
 
 
 def test_config_refuses_a_model_exported_for_other_windows(bundle):

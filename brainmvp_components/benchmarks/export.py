@@ -2,7 +2,8 @@
 
 The network is the segmentation bundle's ``network_def`` (``inference.json``, with ``quick.json`` for the tiny
 UniFormer), with random weights from a fixed seed. It is exported as users export it, with ``monai.bundle
-onnx_export`` (a fixed ``(1, 4, roi, roi, roi)`` input), and the same seeded window goes through:
+onnx_export`` and the bundle's options (a fixed ``(1, 4, roi, roi, roi)`` input), and the same seeded window goes
+through:
 
 - ``eager``: the PyTorch network in float32 under ``torch.inference_mode()``;
 - ``onnxruntime``: the ONNX file through :class:`~brainmvp_components.inference.onnx_network.OnnxNetwork` (the
@@ -63,6 +64,8 @@ def export_onnx(
     """``network``'s weights saved as ``model.pt`` and exported by ``monai.bundle onnx_export`` to ``model.onnx``."""
     from monai.bundle import onnx_export
 
+    from brainmvp_components.inference.onnx_network import EXPORT_OPTIONS
+
     ckpt, path = out_dir / "model.pt", out_dir / "model.onnx"
     torch.save(network.state_dict(), ckpt)
     onnx_export(
@@ -71,6 +74,7 @@ def export_onnx(
         ckpt_file=str(ckpt),
         config_file=list(config_files),
         input_shape=list(input_shape),
+        **EXPORT_OPTIONS,
     )
     return path
 

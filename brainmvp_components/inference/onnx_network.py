@@ -19,9 +19,15 @@ from torch import nn
 
 from brainmvp_components.inference.batch import InferenceError
 
-__all__ = ["OnnxModelError", "OnnxNetwork", "onnx_export_command"]
+__all__ = ["EXPORT_OPTIONS", "OnnxModelError", "OnnxNetwork", "onnx_export_command"]
 
 _ONNX_FLOAT = "tensor(float)"
+
+EXPORT_OPTIONS = {"use_trace": True, "converter_kwargs": {"external_data": False}}
+"""``onnx_export`` options the bundle exports with. ``converter_kwargs`` reach ``torch.onnx.export`` only with
+``use_trace`` (with PyTorch >= 2.9 both paths use its ``torch.export``-based exporter); ``external_data=False`` keeps
+that exporter from writing the weights beside MONAI's temporary file, where nothing removes them (the saved ``.onnx``
+holds the weights either way)."""
 
 
 class OnnxModelError(InferenceError):
@@ -45,6 +51,8 @@ def onnx_export_command(
 ) -> str:
     """The ``python -m monai.bundle onnx_export`` command line that writes ``filepath`` from ``ckpt_file``.
 
+    With :data:`EXPORT_OPTIONS`.
+
     Args:
         filepath: the ONNX file to write.
         ckpt_file: the checkpoint (a state dict) of the network.
@@ -53,10 +61,12 @@ def onnx_export_command(
         net_id: the id of the network definition in the configs.
     """
     files = [str(config_file)] if isinstance(config_file, (str, os.PathLike)) else [str(f) for f in config_file]
-    words = ["python", "-m", "monai.bundle", "onnx_export", "--net_id", net_id, "--filepath", str(filepath)]
-    words += ["--ckpt_file", str(ckpt_file), "--config_file", files[0] if len(files) == 1 else str(files)]
-    words += ["--input_shape", str([int(s) for s in input_shape])]
-    return shlex.join(words)
+    configs = shlex.quote(files[0]) if len(files) == 1 else f'"{files}"'
+    words = ["python -m monai.bundle onnx_export --net_id", net_id, "--filepath", shlex.quote(str(filepath))]
+    words += ["--ckpt_file", shlex.quote(str(ckpt_file)), "--config_file", configs]
+    words += ["--input_shape", f'"{[int(s) for s in input_shape]}"', "--use_trace", str(EXPORT_OPTIONS["use_trace"])]
+    words += ["--converter_kwargs", f'"{EXPORT_OPTIONS["converter_kwargs"]}"']
+    return " ".join(words)
 
 
 class OnnxNetwork(nn.Module):
