@@ -117,13 +117,17 @@ python scripts/demo_missing_modality.py report --datalist "$DATA/brats/datalist.
 echo "predictions, overlays and reference comparisons: $DEMO_SEG/"
 
 stage classification "4/5 classification: fine-tune the pre-trained encoder (AD vs CN), evaluate on the test split"
+# No paired copy here either: with the feature-consistency term between the two views the encoder's features
+# collapsed (consistency loss 0.000, both views alike) and the classifier sat at the class prior, loss ln 2, until
+# the cosine schedule had brought the learning rate below about 2e-4 (epoch 33 of 45 at seed 0; some runs never
+# left it). Without it the same run left the prior by epoch 18 (docs/results.md).
 CLS_CONFIGS="['$CLS/configs/train.json','$CLS/configs/quick.json']"
 CLS_ARGS=(--bundle_root "$RUNS/cls" --dataset_dir "$DATA/adni" --roi_size "[48,48,48]")
 CLS_EPOCHS="${DEMO_CLS_EPOCHS:-${EPOCHS:-45}}"
 run_bundle "$CLS" "$CLS_CONFIGS" "${CLS_ARGS[@]}" --pretrained_encoder "$RUNS/pretrain/models/encoder.pt" \
   --templates_dir "$RUNS/pretrain/models/templates" --max_epochs "$CLS_EPOCHS" --epoch_length 12 \
   --val_interval "$(( CLS_EPOCHS > 5 ? CLS_EPOCHS / 5 : 1 ))" --learning_rate 0.001 --block_fill_ratio "[0.0,0.2]" \
-  --selection_metric val_balanced_accuracy --seed "$SEED"
+  --selection_metric val_balanced_accuracy --pair_augmentation False --seed "$SEED"
 run_bundle "$CLS" "${CLS_CONFIGS%]},'$CLS/configs/evaluate.json']" "${CLS_ARGS[@]}"
 
 stage summary "5/5 summary"
