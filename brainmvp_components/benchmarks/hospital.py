@@ -35,25 +35,12 @@ _BUNDLE = PACKAGE_ROOT / "bundles" / "brainmvp_brats_seg"
 _TEST_MODEL = PACKAGE_ROOT / "tests" / "data" / "hospital_model"
 
 
-def _segmenter(bundle_root: Path, configs: list[str], output_dir: Path):
-    from monai.bundle import ConfigWorkflow
-
-    workflow = ConfigWorkflow(
-        config_file=[str(bundle_root / "configs" / c) for c in configs],
-        meta_file=str(bundle_root / "configs" / "metadata.json"),
-        workflow_type="inference",
-        bundle_root=str(bundle_root),
-        output_dir=str(output_dir),
-    )
-    workflow.initialize()
-    return workflow.parser.get_parsed_content("segmenter")
-
-
 def run(args: argparse.Namespace) -> int:
     """Benchmark ``args.cases`` studies (``scripts/benchmark_hospital.py``'s arguments); prints the tables."""
     import nibabel as nib
 
     from brainmvp_components.clinical.exported_study import CLINICAL_PROTOCOL, export_study
+    from brainmvp_components.clinical.pipeline import segmenter_from_bundle
     from brainmvp_components.data.cohort import synthesise_subject
 
     work = Path(tempfile.mkdtemp(prefix="hospital_bench_"))
@@ -62,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
         shutil.copytree(_BUNDLE / "configs", bundle_root / "configs")
         shutil.copytree(Path(args.model_dir), bundle_root / "models")
         configs = [*args.configs.split(","), "inference_clinical.json"]
-        segmenter = _segmenter(bundle_root, configs, work / "out")
+        segmenter = segmenter_from_bundle(bundle_root, configs, work / "out")
         rows, baseline = [], []
         for number in range(args.cases):
             subject = synthesise_subject("brats", number, seed=args.seed, spacing=1.0)
