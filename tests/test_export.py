@@ -7,6 +7,7 @@ each region covers part of a window (labels then test something). Speed is measu
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shlex
 import shutil
@@ -83,17 +84,17 @@ def bundle(tmp_path_factory, subprocess_env, python_executable) -> Path:
     return root
 
 
-def _eager_and_onnx(path: Path, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _eager_and_onnx(path: Path, x: torch.Tensor, **runtime) -> tuple[torch.Tensor, torch.Tensor]:
     with torch.no_grad():
         eager = _tiny_network()(x)
-    return eager, OnnxNetwork(path, intra_op_num_threads=1)(x)
+    return eager, OnnxNetwork(path, intra_op_num_threads=1, **runtime)(x)
 
 
-def _assert_close_labels(eager: torch.Tensor, onnx: torch.Tensor) -> None:
+def _assert_close_labels(eager: torch.Tensor, onnx: torch.Tensor, atol: float = 1e-4, agreement: float = 0.999) -> None:
     assert onnx.shape == eager.shape and onnx.dtype == torch.float32
-    assert (onnx - eager).abs().max() < 1e-4
+    assert (onnx - eager).abs().max() < atol
     agree = ((torch.sigmoid(onnx) > 0.5) == (torch.sigmoid(eager) > 0.5)).float().mean()
-    assert agree > 0.999
+    assert agree > agreement
     positive = (torch.sigmoid(eager) > 0.5).float().mean()
     assert 0.05 < positive < 0.95  # the labels are not all one value
 
@@ -104,6 +105,25 @@ def test_exported_model_matches_eager(bundle):
     assert network.input_shape == WINDOW  # exported as the bundle command gives it: a fixed window
     x = torch.rand(3, *WINDOW[1:], generator=torch.Generator().manual_seed(2))
     _assert_close_labels(*_eager_and_onnx(path, x))  # a batch of three is run in chunks of one
+
+
+@pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason="openvino is in requirements-dev.txt")
+def test_openvino_runtime_matches_eager(bundle):
+    path = bundle / "models" / "model.onnx"
+    x = torch.rand(2, *WINDOW[1:], generator=torch.Generator().manual_seed(4))
+    network = OnnxNetwork(path, intra_op_num_threads=1, runtime="openvino", precision="f32")
+    assert network.input_shape == WINDOW and "precision=f32" in repr(network)
+    _assert_close_labels(*_eager_and_onnx(path, x, runtime="openvino", precision="f32"), atol=1e-3)
+    # bfloat16 where the CPU has it: the decisions, not the logits, are what must hold
+    _assert_close_labels(*_eager_and_onnx(path, x, runtime="openvino", precision="bf16"), atol=1.0, agreement=0.99)
+
+
+def test_runtime_settings_are_checked(bundle):
+    path = bundle / "models" / "model.onnx"
+    with pytest.raises(ValueError, match="runtime must be one of"):
+        OnnxNetwork(path, runtime="tensorrt")
+    with pytest.raises(ValueError, match="precision is an OpenVINO setting"):
+        OnnxNetwork(path, precision="bf16")
 
 
 def test_dynamic_axes_export(bundle):
@@ -163,7 +183,7 @@ def test_config_refuses_a_model_exported_for_other_windows(bundle):
 def test_overlays_disable_the_checkpoint_loader():
     """inference_onnx.json and inference_trt.json disable ``handlers#0``: it must be the CheckpointLoader."""
     configs = BUNDLE / "configs"
-    for overlay in ("inference_onnx.json", "inference_trt.json"):
+    for overlay in ("inference_onnx.json", "inference_openvino.json", "inference_trt.json"):
         parser = ConfigParser()
         parser.read_config([str(configs / "inference.json"), str(configs / overlay)])
         assert parser["handlers"][0]["_target_"] == "CheckpointLoader", overlay
@@ -172,8 +192,8 @@ def test_overlays_disable_the_checkpoint_loader():
     assert "model_trt.ts" in trt["network_def"]
 
 
-def _infer(bundle: Path, datalist: Path, out_dir: Path, onnx: bool) -> Path:
-    configs = ["inference.json", "quick.json"] + (["inference_onnx.json"] if onnx else [])
+def _infer(bundle: Path, datalist: Path, out_dir: Path, onnx: bool, overlay: str = "inference_onnx.json") -> Path:
+    configs = ["inference.json", "quick.json"] + ([overlay] if onnx else [])
     workflow = ConfigWorkflow(
         config_file=[str(bundle / "configs" / c) for c in configs],
         meta_file=str(bundle / "configs" / "metadata.json"),
@@ -192,13 +212,17 @@ def _infer(bundle: Path, datalist: Path, out_dir: Path, onnx: bool) -> Path:
     return out_dir / "case_seg.nii.gz"
 
 
-def test_inference_onnx_config_matches_eager_inference(bundle, brats_cohort, tmp_path):
+OVERLAYS = ["inference_onnx.json"] + (["inference_openvino.json"] if importlib.util.find_spec("openvino") else [])
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_exported_model_config_matches_eager_inference(bundle, brats_cohort, tmp_path, overlay):
     case = sorted(p for p in brats_cohort.iterdir() if p.is_dir())[0]
     files = [next(case.glob(f"*_{token}.nii.gz")) for token in ("t1", "t1ce", "t2", "flair")]
     datalist = tmp_path / "cases.json"
     datalist.write_text(json.dumps([{"case": "case", "image": [str(f) for f in files], "modalities": MODALITIES}]))
     eager = _infer(bundle, datalist, tmp_path / "eager", onnx=False)
-    onnx = _infer(bundle, datalist, tmp_path / "onnx", onnx=True)
+    onnx = _infer(bundle, datalist, tmp_path / "onnx", onnx=True, overlay=overlay)
     eager_img, onnx_img = nib.load(eager), nib.load(onnx)
     assert onnx_img.shape == eager_img.shape and np.allclose(onnx_img.affine, eager_img.affine)
     eager_regions = label_map_to_regions(np.asarray(eager_img.dataobj))

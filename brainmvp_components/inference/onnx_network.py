@@ -1,13 +1,14 @@
-"""An exported ONNX model as a network: ONNX Runtime behind the call signature MONAI's inferers use.
+"""An exported ONNX model as a network: ONNX Runtime or OpenVINO behind the call signature MONAI's inferers use.
 
 ``python -m monai.bundle onnx_export`` writes the bundle's network as an ONNX file; :class:`OnnxNetwork` runs that file
-with an ``onnxruntime.InferenceSession`` and takes and returns torch tensors, so ``SlidingWindowInferer``, the
-evaluator and the post-processing of ``inference.json`` run unchanged (the segmentation bundle's
-``inference_onnx.json``).
+with an ``onnxruntime.InferenceSession`` or an OpenVINO compiled model and takes and returns torch tensors, so
+``SlidingWindowInferer``, the evaluator and the post-processing of ``inference.json`` run unchanged (the segmentation
+bundle's ``inference_onnx.json`` and ``inference_openvino.json``).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shlex
 from collections.abc import Sequence
@@ -19,9 +20,12 @@ from torch import nn
 
 from brainmvp_components.inference.batch import InferenceError
 
-__all__ = ["EXPORT_OPTIONS", "OnnxModelError", "OnnxNetwork", "onnx_export_command"]
+__all__ = ["EXPORT_OPTIONS", "RUNTIMES", "OnnxModelError", "OnnxNetwork", "onnx_export_command"]
 
 _ONNX_FLOAT = "tensor(float)"
+RUNTIMES = ("onnxruntime", "openvino")
+"""Runtimes :class:`OnnxNetwork` runs a model with."""
+_OPENVINO_PRECISIONS = ("f32", "bf16", "f16")
 
 EXPORT_OPTIONS = {"use_trace": True, "converter_kwargs": {"external_data": False}}
 """``onnx_export`` options the bundle exports with. ``converter_kwargs`` reach ``torch.onnx.export`` only with
@@ -69,25 +73,77 @@ def onnx_export_command(
     return " ".join(words)
 
 
+class _OrtModel:
+    """An ONNX Runtime session: the input's name, shape and type, and a run of one array."""
+
+    def __init__(self, path: Path, providers: Sequence[str], threads: int) -> None:
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = int(threads)
+        self.session = onnxruntime.InferenceSession(str(path), sess_options=options, providers=list(providers))
+        inputs = self.session.get_inputs()
+        self.inputs = [(i.name, i.type == _ONNX_FLOAT, [d if isinstance(d, int) else None for d in i.shape]) for i in inputs]
+        self.described_inputs = [(i.name, i.type, i.shape) for i in inputs]
+        self.num_outputs = len(self.session.get_outputs())
+        self.description = f"providers={self.session.get_providers()}"
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.inputs[0][0]: x})[0]
+
+
+class _OpenVinoModel:
+    """An OpenVINO model compiled for the CPU: the same interface as :class:`_OrtModel`."""
+
+    def __init__(self, path: Path, threads: int, precision: str | None) -> None:
+        import openvino
+
+        core = openvino.Core()
+        model = core.read_model(str(path))
+        config: dict[str, object] = {}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = int(threads)
+        if precision:
+            config["INFERENCE_PRECISION_HINT"] = precision
+        self.compiled = core.compile_model(model, "CPU", config)
+        self.inputs = []
+        self.described_inputs = []
+        for port in self.compiled.inputs:
+            shape = [d.get_length() if d.is_static else None for d in port.get_partial_shape()]
+            is_float = port.get_element_type() == openvino.Type.f32
+            self.inputs.append((port.get_any_name(), is_float, shape))
+            self.described_inputs.append((port.get_any_name(), str(port.get_element_type()), shape))
+        self.num_outputs = len(self.compiled.outputs)
+        used = self.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+        self.description = f"openvino CPU, precision={used}"
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        return np.asarray(self.compiled(x)[0], dtype=np.float32)
+
+
 class OnnxNetwork(nn.Module):
-    """Run an ONNX model of one input and one output with ONNX Runtime, on torch tensors.
+    """Run an ONNX model of one input and one output with ONNX Runtime or OpenVINO, on torch tensors.
 
     Args:
         path: the ``.onnx`` file.
-        providers: ONNX Runtime execution providers, in order of preference.
-        intra_op_num_threads: threads of one operator; 0 lets ONNX Runtime choose (one per physical core).
+        providers: ONNX Runtime execution providers, in order of preference (``runtime="onnxruntime"`` only).
+        intra_op_num_threads: threads of one operator; 0 lets the runtime choose (one per physical core).
         window: the input a forward gets without its batch axis, ``(C, *roi_size)``; a model exported for another
             one is refused here rather than at the first window.
         export_command: the command that writes ``path`` for ``window``, named when the file is missing or was
             exported for other windows.
+        runtime: one of :data:`RUNTIMES`.
+        precision: OpenVINO's ``INFERENCE_PRECISION_HINT`` (``"f32"``, ``"bf16"``, ``"f16"``); ``None`` keeps the
+            CPU plugin's default, which is bfloat16 on CPUs with AMX or AVX-512 BF16 and float32 elsewhere.
 
     Shapes: ``(B, C, *S) -> (B, C_out, *S)``, as the exported network. A model exported with a fixed batch size is run
     on the input in chunks of that size; one exported with fixed spatial sides takes only inputs of those sides.
     The output is float32 on the input's device.
 
     Raises:
-        OnnxModelError: ``path`` is not a file, ONNX Runtime cannot load it, it does not take one float input of rank 5
-            and give one output, or it was exported for windows other than ``window``.
+        OnnxModelError: ``path`` is not a file, the runtime is not installed or cannot load it, it does not take one
+            float input of rank 5 and give one output, or it was exported for windows other than ``window``.
+        ValueError: ``runtime`` or ``precision`` is not one of those listed.
     """
 
     def __init__(
@@ -97,33 +153,44 @@ class OnnxNetwork(nn.Module):
         intra_op_num_threads: int = 0,
         window: Sequence[int] | None = None,
         export_command: str | None = None,
+        runtime: str = "onnxruntime",
+        precision: str | None = None,
     ) -> None:
         super().__init__()
+        if runtime not in RUNTIMES:
+            raise ValueError(f"runtime must be one of {list(RUNTIMES)}, got {runtime!r}")
+        if precision is not None and (runtime != "openvino" or precision not in _OPENVINO_PRECISIONS):
+            raise ValueError(
+                f"precision is an OpenVINO setting, one of {list(_OPENVINO_PRECISIONS)} or None; got {precision!r} "
+                f"for runtime {runtime!r}"
+            )
         self.path = Path(path)
+        self.runtime = runtime
         how = f"; export it with: {export_command}" if export_command else ""
         if not self.path.is_file():
             raise OnnxModelError(self.path, f"not found{how}")
-        import onnxruntime
-
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = int(intra_op_num_threads)
+        package = "onnxruntime" if runtime == "onnxruntime" else "openvino"
+        if importlib.util.find_spec(package) is None:
+            raise OnnxModelError(self.path, f"needs {package}, which is not installed (pip install {package})")
         try:
-            self.session = onnxruntime.InferenceSession(str(self.path), sess_options=options, providers=list(providers))
+            if runtime == "onnxruntime":
+                self.model: _OrtModel | _OpenVinoModel = _OrtModel(self.path, providers, intra_op_num_threads)
+            else:
+                self.model = _OpenVinoModel(self.path, intra_op_num_threads, precision)
         except Exception as err:
             problem = " ".join(str(err).split())
+            raise OnnxModelError(self.path, f"cannot be loaded by {package}: {type(err).__name__}: {problem}") from err
+        inputs = self.model.inputs
+        if len(inputs) != 1 or len(inputs[0][2]) != 5 or not inputs[0][1]:
             raise OnnxModelError(
-                self.path, f"cannot be loaded by ONNX Runtime: {type(err).__name__}: {problem}"
-            ) from err
-        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
-        if len(inputs) != 1 or len(inputs[0].shape) != 5 or inputs[0].type != _ONNX_FLOAT:
-            found = [(i.name, i.type, i.shape) for i in inputs]
-            raise OnnxModelError(self.path, f"must take one float input (B, C, H, W, D), it takes {found}")
-        if len(outputs) != 1:
-            raise OnnxModelError(
-                self.path, f"gives {len(outputs)} outputs, one is needed (export the network in eval mode)"
+                self.path, f"must take one float input (B, C, H, W, D), it takes {self.model.described_inputs}"
             )
-        self.input_name = inputs[0].name
-        self.input_shape: list[int | None] = [d if isinstance(d, int) else None for d in inputs[0].shape]
+        if self.model.num_outputs != 1:
+            raise OnnxModelError(
+                self.path, f"gives {self.model.num_outputs} outputs, one is needed (export the network in eval mode)"
+            )
+        self.input_name = inputs[0][0]
+        self.input_shape: list[int | None] = inputs[0][2]
         if window is not None and not self._fits([1, *window]):
             problem = f"takes {self._expected()}, the run gives windows of {list(window)}"
             if len(window) == 4 and self._fits([1, window[0], *self.input_shape[2:]]):
@@ -145,7 +212,7 @@ class OnnxNetwork(nn.Module):
             raise ValueError(f"ONNX model {self.path} takes {self._expected()}, got {list(x.shape)}{hint}")
 
     def _run(self, x: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {self.input_name: x})[0]
+        return self.model.run(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check(x)
@@ -167,4 +234,4 @@ class OnnxNetwork(nn.Module):
         return torch.from_numpy(out).to(x.device)
 
     def extra_repr(self) -> str:
-        return f"path={str(self.path)!r}, providers={self.session.get_providers()}"
+        return f"path={str(self.path)!r}, runtime={self.runtime}, {self.model.description}"
