@@ -83,7 +83,9 @@ class _OrtModel:
         options.intra_op_num_threads = int(threads)
         self.session = onnxruntime.InferenceSession(str(path), sess_options=options, providers=list(providers))
         inputs = self.session.get_inputs()
-        self.inputs = [(i.name, i.type == _ONNX_FLOAT, [d if isinstance(d, int) else None for d in i.shape]) for i in inputs]
+        self.inputs = [
+            (i.name, i.type == _ONNX_FLOAT, [d if isinstance(d, int) else None for d in i.shape]) for i in inputs
+        ]
         self.described_inputs = [(i.name, i.type, i.shape) for i in inputs]
         self.num_outputs = len(self.session.get_outputs())
         self.description = f"providers={self.session.get_providers()}"
