@@ -52,11 +52,20 @@ def test_dry_run_cpu_runs_every_cpu_part(subprocess_env, tmp_path):
         "cudnn_benchmark": False,
     }
     assert results["recipe"]["batch"] == 3 and results["recipe"]["modalities"] == 4 and results["recipe"]["roi"] == 96
-    assert list(parts) == ["env", "matmul", "fp32", "checkpoint", "nccl", "compile"]
+    assert list(parts) == ["env", "matmul", "fp32", "checkpoint", "nccl", "inference", "compile"]
     assert not [name for name, r in parts.items() if "error" in r]
     for name in ("fp32", "checkpoint", "nccl", "compile"):
         assert parts[name]["finite"] and parts[name]["step_s_median"] > 0 and parts[name]["tflops"] > 0
     assert parts["fp32"]["tf32_matmul"] is False and parts["checkpoint"]["checkpointing"] is True
     assert parts["nccl"]["backend"] == "gloo" and parts["nccl"]["gather_calls"] == 2
+    # inference: eager float32 is the reference; bfloat16 and the exported model (ONNX Runtime, here on its CPU
+    # provider) segment the same volume with labels close to it; float16 and TensorRT are GPU paths
+    inference = parts["inference"]
+    assert inference["eager_fp32"]["dice_vs_eager_fp32"] == {"tc": 1.0, "wt": 1.0, "et": 1.0}
+    for runtime in ("eager_bf16", "onnxruntime"):
+        assert inference[runtime]["volume_s_median"] > 0
+        assert min(inference[runtime]["dice_vs_eager_fp32"].values()) > 0.9, inference[runtime]
+    assert "CUDA" in inference["eager_fp16"]["skipped"] and "CUDA" in inference["tensorrt"]["skipped"]
+    assert "Whole-volume inference" in proc.stdout and "| onnxruntime |" in proc.stdout
     assert parts["nccl"]["gather_matches_local"] and parts["compile"]["backend"] == "eager"
     assert "| fp32 | off | off/off | off |" in proc.stdout and "parts failed: none" in proc.stdout

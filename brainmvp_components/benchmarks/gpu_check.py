@@ -18,6 +18,9 @@ and the others still run:
   (``_gather_with_grad``, an autograd ``all_gather`` over NCCL; with one rank the loss takes that branch only
   when the world size it reads is forced above 1, which this part does) and is checked against the loss without
   the gather;
+* ``inference``: whole-volume segmentation with the segmentation bundle's network through eager float32, float16
+  and bfloat16 autocast, ONNX Runtime's CUDA provider and TensorRT (each where installed), timed, with the Dice of
+  each one's labels against float32's (:mod:`~brainmvp_components.benchmarks.gpu_inference`);
 * ``compile``: the bf16 step with ``torch.compile`` of the network, in a subprocess with a time budget
   (``--compile-budget``): compile time (first step), then step time after warm-up. It runs last, being the slow one.
 
@@ -58,7 +61,9 @@ from brainmvp_components.benchmarks.harness import GIB
 
 REPO_ROOT = harness.PACKAGE_ROOT
 TRAIN_CONFIG = REPO_ROOT / "bundles" / "brainmvp_pretrain" / "configs" / "train.json"
-PARTS: tuple[str, ...] = ("env", "matmul", "fp32", "tf32", "bf16", "fp16", "checkpoint", "nccl", "compile")
+PARTS: tuple[str, ...] = (
+    "env", "matmul", "fp32", "tf32", "bf16", "fp16", "checkpoint", "nccl", "inference", "compile"
+)  # fmt: skip
 STEP_PARTS: dict[str, dict[str, Any]] = {
     # precision name -> autocast dtype name, TF32 setting (None: torch's defaults), gradient scaler, checkpointing
     "fp32": {"autocast": None, "tf32": False, "scaler": False, "checkpoint": False},
@@ -504,6 +509,14 @@ def part_nccl(ctx: Context) -> dict[str, Any]:
     return result
 
 
+def part_inference(ctx: Context) -> dict[str, Any]:
+    """Whole-volume segmentation through each runtime, against eager float32 (:mod:`.gpu_inference`)."""
+    from brainmvp_components.benchmarks.gpu_inference import run_inference_part
+
+    set_tf32(False)
+    return run_inference_part(ctx.device, ctx.args.dry_run_cpu, ctx.args.warmup, ctx.args.steps, say)
+
+
 def part_compile(ctx: Context) -> dict[str, Any]:
     """Run :func:`compile_child` in a subprocess (its own CUDA context and memory) within ``--compile-budget``."""
     cfg = {k: getattr(ctx.args, k) for k in ("preset", "roi", "batch", "modalities", "warmup", "steps")}
@@ -626,7 +639,7 @@ def print_table(results: dict[str, Any]) -> None:
     )
     say("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name in results["requested_parts"]:
-        if name in ("env", "matmul"):
+        if name in ("env", "matmul", "inference"):
             continue
         r = results["parts"].get(name)
         if r is None:
@@ -657,6 +670,19 @@ def print_table(results: dict[str, Any]) -> None:
             f"{fmt('tflops', '.1f')} | {fmt('percent_of_matmul', '.0f')} | {fmt('max_allocated_gib')} | "
             f"{fmt('max_reserved_gib')} | {fmt('loss', '.4f')} | {'; '.join(notes)} |"
         )
+    inference = results["parts"].get("inference", {})
+    if "volume" in inference:
+        say(f"\n## Whole-volume inference, volume {inference['volume']}, window {inference['roi_size']}\n")
+        say("| runtime | volume (s, median) | max allocated (GiB) | Dice vs eager fp32 (TC / WT / ET) | notes |")
+        say("|---|---|---|---|---|")
+        for runtime, r in inference.items():
+            if not isinstance(r, dict):
+                continue
+            dice = r.get("dice_vs_eager_fp32")
+            shown = " / ".join(f"{dice[k]:.4f}" for k in ("tc", "wt", "et")) if dice else ""
+            seconds = f"{r['volume_s_median']:.2f}" if "volume_s_median" in r else ""
+            memory = f"{r['max_allocated_gib']:.2f}" if "max_allocated_gib" in r else ""
+            say(f"| {runtime} | {seconds} | {memory} | {shown} | {r.get('skipped') or r.get('error') or ''} |")
     failed = [n for n in results["requested_parts"] if "error" in results["parts"].get(n, {})]
     say(f"\nparts failed: {', '.join(failed) if failed else 'none'}; results in {results['json']}")
 
@@ -696,7 +722,9 @@ def run(args: argparse.Namespace) -> int:
         args.preset, args.roi, args.batch, args.modalities = "tiny", 32, 1, 2
         args.steps, args.warmup, args.matmul_size = 1, 1, 256
         args.compile_backend = "eager"
-        args.parts = [p for p in args.parts if p in ("env", "matmul", "fp32", "checkpoint", "nccl", "compile")]
+        args.parts = [
+            p for p in args.parts if p in ("env", "matmul", "fp32", "checkpoint", "nccl", "inference", "compile")
+        ]
         device = torch.device("cpu")
     else:
         device = torch.device("cuda", torch.cuda.current_device())
@@ -743,6 +771,7 @@ def run(args: argparse.Namespace) -> int:
         "matmul": lambda: part_matmul(ctx),
         "nccl": lambda: part_nccl(ctx),
         "compile": lambda: part_compile(ctx),
+        "inference": lambda: part_inference(ctx),
         **{name: (lambda name=name: part_step(ctx, name)) for name in STEP_PARTS},
     }
     for name in parts:
