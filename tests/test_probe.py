@@ -97,6 +97,10 @@ def test_encoder_maps_and_weights(tmp_path):
     torch.save(encoder.state_dict(), path)
     loaded = load_single_channel_encoder(path, "tiny")
     assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), encoder.state_dict().values()))
+    checkpoint = tmp_path / "checkpoint_epoch=3.pt"
+    torch.save({"network": {f"encoder.{k}": v for k, v in encoder.state_dict().items()} | {"decoder.w": 0}}, checkpoint)
+    from_checkpoint = load_single_channel_encoder(checkpoint, "tiny")
+    assert all(torch.equal(a, b) for a, b in zip(from_checkpoint.state_dict().values(), encoder.state_dict().values()))
     with pytest.raises(ValueError, match="encoder.pt is not a single-channel UniFormer-small"):
         load_single_channel_encoder(path, "small")
     with pytest.raises(FileNotFoundError, match="missing.pt"):

@@ -3,6 +3,7 @@
 from brainmvp_components.networks.accelerated import AutocastInference, accelerated_inference_network
 from brainmvp_components.networks.backbones import SwinEncoder
 from brainmvp_components.networks.freezing import EncoderFreezing, trainable_parameters, with_frozen_encoder
+from brainmvp_components.networks.modality_wise import ModalityWiseEncoder
 from brainmvp_components.networks.pretrain import (
     BrainMVPPretrainModel,
     PretrainDecoder,
@@ -30,6 +31,7 @@ __all__ = [
     "accelerated_inference_network",
     "UNIFORMER_PRESETS",
     "UniFormer3D",
+    "ModalityWiseEncoder",
     "uniformer_preset",
     "uniformer_small",
     "uniformer_tiny",

@@ -23,6 +23,7 @@ from monai.networks.layers import DropPath
 from torch import nn
 
 from brainmvp_components.networks.depthwise import DepthwiseConv3d
+from brainmvp_components.networks.modality_wise import ModalityWiseEncoder
 
 __all__ = [
     "UNIFORMER_PRESETS",
@@ -341,18 +342,32 @@ class UniFormer3D(nn.Module):
         return [x] + [f.permute(0, 1, 3, 4, 2) for f in (x1, x2, x3, x4)]
 
 
-def uniformer_preset(preset: str = "small", **kwargs) -> UniFormer3D:
-    """Build a :class:`UniFormer3D` of a named size (``"small"`` or ``"tiny"``); ``kwargs`` override the preset."""
+def uniformer_preset(
+    preset: str = "small", modality_wise: bool = False, **kwargs
+) -> UniFormer3D | ModalityWiseEncoder:
+    """Build a :class:`UniFormer3D` of a named size (``"small"`` or ``"tiny"``); ``kwargs`` override the preset.
+
+    With ``modality_wise=True`` the encoder reads one channel and is applied to each of the ``in_channels``
+    modalities with shared weights, its stages fused per stage
+    (:class:`~brainmvp_components.networks.modality_wise.ModalityWiseEncoder`), so a single-channel pre-trained
+    encoder keeps its stem.
+    """
     if preset not in UNIFORMER_PRESETS:
         raise ValueError(f"unknown UniFormer preset {preset!r}; choose one of {sorted(UNIFORMER_PRESETS)}")
+    if modality_wise:
+        in_channels = int(kwargs.pop("in_channels", 1))
+        shared = UniFormer3D(**{**UNIFORMER_PRESETS[preset], **kwargs, "in_channels": 1})
+        return ModalityWiseEncoder(shared, in_channels)
     return UniFormer3D(**{**UNIFORMER_PRESETS[preset], **kwargs})
 
 
-def uniformer_small(**kwargs) -> UniFormer3D:
-    """UniFormer-S, the authors' size: dims (64, 128, 320, 512), depths (3, 4, 8, 3), head_dim 64."""
+def uniformer_small(**kwargs) -> UniFormer3D | ModalityWiseEncoder:
+    """UniFormer-S, the authors' size: dims (64, 128, 320, 512), depths (3, 4, 8, 3), head_dim 64 (see
+    :func:`uniformer_preset` for ``modality_wise``)."""
     return uniformer_preset("small", **kwargs)
 
 
-def uniformer_tiny(**kwargs) -> UniFormer3D:
-    """A CPU-sized UniFormer: dims (16, 32, 64, 128), depths (1, 1, 2, 1), head_dim 16."""
+def uniformer_tiny(**kwargs) -> UniFormer3D | ModalityWiseEncoder:
+    """A CPU-sized UniFormer: dims (16, 32, 64, 128), depths (1, 1, 2, 1), head_dim 16 (see :func:`uniformer_preset`
+    for ``modality_wise``)."""
     return uniformer_preset("tiny", **kwargs)

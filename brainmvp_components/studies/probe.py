@@ -103,8 +103,9 @@ def load_probe_cases(
 
 
 def load_single_channel_encoder(path: str | Path | None, preset: str = "tiny", seed: int = 0) -> nn.Module:
-    """A single-channel UniFormer of ``preset``: the state dict at ``path`` (a pre-training's ``encoder.pt``,
-    loaded with ``weights_only=True``), or, with ``path=None``, random weights drawn with ``seed``. In eval mode.
+    """A single-channel UniFormer of ``preset``: the weights at ``path`` (a pre-training's ``encoder.pt``, or one of
+    its training checkpoints, whose ``network`` holds the encoder under ``encoder.``; loaded with
+    ``weights_only=True``), or, with ``path=None``, random weights drawn with ``seed``. In eval mode.
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
@@ -116,6 +117,8 @@ def load_single_channel_encoder(path: str | Path | None, preset: str = "tiny", s
         if not Path(path).is_file():
             raise FileNotFoundError(f"encoder weights {path} do not exist")
         state = torch.load(path, map_location="cpu", weights_only=True)
+        if "network" in state:  # a training checkpoint of the pre-training bundle
+            state = {k[len("encoder.") :]: v for k, v in state["network"].items() if k.startswith("encoder.")}
         try:
             encoder.load_state_dict(state, strict=True)
         except RuntimeError as e:

@@ -69,7 +69,9 @@ def load_pretrained_encoder(
     map_location: str | torch.device = "cpu",
     stem: str = "reinitialise",
 ) -> dict[str, list[str]]:
-    """Load pre-trained encoder weights into ``network.encoder`` (or into ``network`` if it has no ``encoder``).
+    """Load pre-trained encoder weights into ``network.encoder`` (or into ``network`` if it has no ``encoder``; into
+    ``network.encoder.encoder``, the shared single-channel encoder, when the encoder is a
+    :class:`~brainmvp_components.networks.modality_wise.ModalityWiseEncoder`, whose stem then loads as it is).
 
     Accepted files: an ``encoder.pt`` (plain :class:`UniFormer3D` or :class:`ResUNetEncoder` state dict), a
     pre-training ``model.pt``, the authors' pre-training checkpoints (UniFormer or UNet variant), or any state
@@ -113,8 +115,10 @@ def load_pretrained_encoder(
     source = str(path)
     state = read_state_dict(path, map_location)
     encoder_state, rest, file_format = _split_source(state)
-    target = network.encoder if isinstance(getattr(network, "encoder", None), nn.Module) else network
-    prefix = "encoder." if target is not network else ""
+    # descend to the module the file's encoder fills: a network's encoder, and a modality-wise encoder's shared one
+    target, prefix = network, ""
+    while isinstance(getattr(target, "encoder", None), nn.Module):
+        target, prefix = target.encoder, prefix + "encoder."
     expected = network.state_dict()
 
     candidates = {prefix + k: v for k, v in encoder_state.items()}
