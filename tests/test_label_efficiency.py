@@ -14,6 +14,7 @@ import pytest
 
 from brainmvp_components.studies.label_efficiency import (
     DEFAULT_STUDY,
+    ENCODER_USES,
     INITIALISATIONS,
     TASKS,
     cli_value,
@@ -68,11 +69,16 @@ def test_study_files_load_and_match_the_defaults():
     # the pool study: the sizes its file's comments account for
     pool = {task: load_study(STUDIES / "label_efficiency_pool.yaml", task=task) for task in TASKS}
     pretrains, segmentation = plan_runs(pool["segmentation"])
-    assert len(pretrains) == 15 and len(segmentation) == 54 and len(plan_runs(pool["classification"])[1]) == 36
+    assert len(pretrains) == 5 and len(segmentation) == 63 and len(plan_runs(pool["classification"])[1]) == 36
     assert {f.labelled for f in segmentation if f.initialisation.name == "brainmvp-no-cl"} == {2.0}
-    assert {(f.initialisation.name, f.labelled) for f in segmentation if f.encoder == "frozen"} == {
-        ("scratch", 8.0), ("mae", 8.0), ("brainmvp", 8.0),
-    }  # fmt: skip
+    assert {f.labelled for f in segmentation if f.encoder == "frozen"} == {2.0}
+    assert {f.initialisation.name for f in segmentation if f.encoder == "frozen"} == set(INITIALISATIONS)
+    classification = plan_runs(pool["classification"])[1]
+    assert {f.initialisation.name for f in classification} == {"scratch", "mae", "brainmvp"}  # per-task only_at
+    assert {(f.labelled, f.encoder) for f in classification} == {(a, e) for a in (2.0, 8.0) for e in ENCODER_USES}
+    # one pre-training (seed 0) per initialisation serves the three fine-tuning seeds
+    assert {p.seed for p in pretrains} == {0} and {f.seed for f in segmentation} == {0, 1, 2}
+    assert all(f.pretrain.seed == 0 for f in segmentation if f.pretrain is not None)
     # started seed by seed, ablations after the main comparison of their seed, each pre-training before its uses
     order = run_order(pretrains, segmentation, pool["segmentation"]["only_at"])
     assert sorted(map(id, order)) == sorted(map(id, [*pretrains, *segmentation]))
@@ -82,6 +88,8 @@ def test_study_files_load_and_match_the_defaults():
     seed0 = [r.initialisation.name for r in order if r.seed == 0]
     first_ablation = min(i for i, name in enumerate(seed0) if name.startswith("brainmvp-no-"))
     assert set(seed0[:first_ablation]) == {"scratch", "mae", "brainmvp"} and len(seed0[:first_ablation]) == 17
+    # a count of pre-training seeds takes the first fine-tuning seeds
+    assert load_study(None, seeds=[3, 4, 5], pretrain_seeds=2)["pretrain_seeds"] == [3, 4]
 
 
 @pytest.mark.parametrize(
@@ -91,6 +99,7 @@ def test_study_files_load_and_match_the_defaults():
         ("initialisations: [scratch, simclr]", "unknown initialisation"),
         ("tasks: segmentation", "unknown setting"),
         ("seeds: []", "seeds"),
+        ("pretrain_seeds: [1, 1]", "pretrain_seeds"),
         ("templates: maybe", "templates"),
     ],
 )

@@ -32,6 +32,11 @@ class BrainMVPClassifier(EncoderFreezing, nn.Module):
             :class:`~brainmvp_components.networks.uniformer.UniFormer3D` (``[x0, ..., x4]``).
         num_classes: number of classes (2 for AD vs CN or HGG vs LGG).
         dropout: dropout probability on the pooled features before the head.
+        freeze_batch_norm: keep the encoder's batch normalisation layers in eval mode while the network trains, so
+            they normalise with their running statistics and do not update them. Batch statistics of the few cases
+            a classification batch holds are noise, and with global pooling after the encoder's final
+            ``BatchNorm3d`` they couple the cases of a batch: with two cases per batch their pooled features
+            mirror each other about the norm's bias, so the head sees each case only relative to its batch mate.
 
     Input ``(B, C, H, W, D)``; output logits ``(B, num_classes)``. The encoder is the submodule ``encoder``, so
     :func:`~brainmvp_components.weights.pretrained.load_pretrained_encoder` and the consistency trainer's
@@ -44,7 +49,9 @@ class BrainMVPClassifier(EncoderFreezing, nn.Module):
         logits = net(torch.rand(2, 1, 96, 96, 96))  # (2, 2)
     """
 
-    def __init__(self, encoder: nn.Module, num_classes: int = 2, dropout: float = 0.0) -> None:
+    def __init__(
+        self, encoder: nn.Module, num_classes: int = 2, dropout: float = 0.0, freeze_batch_norm: bool = False
+    ) -> None:
         super().__init__()
         channels = getattr(encoder, "out_channels", None)
         if channels is None:
@@ -57,6 +64,15 @@ class BrainMVPClassifier(EncoderFreezing, nn.Module):
         self.num_classes = int(num_classes)
         self.dropout = nn.Dropout(float(dropout))
         self.head = nn.Linear(int(channels[-1]), self.num_classes)
+        self.freeze_batch_norm = bool(freeze_batch_norm)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.freeze_batch_norm:
+            for module in self.encoder.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
+        return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``(B, num_classes)`` for ``x (B, C, H, W, D)``."""

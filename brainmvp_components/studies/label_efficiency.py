@@ -141,6 +141,7 @@ DEFAULT_STUDY: dict[str, Any] = {
     "only_at": {},
     "sites": None,
     "seeds": 3,
+    "pretrain_seeds": None,
     "templates": "pretrained",
     "workers": 1,
     "devices": [],
@@ -181,7 +182,10 @@ The labels: ``fractions`` of the datalist's training split, unless ``labelled_ca
 (a list, or a mapping task -> list; per class for classification), which needs ``sites`` or a datalist with one
 ``datalist_labelled<n>.json`` per number beside it. ``encoders``: ``finetune`` and/or ``frozen``;
 ``frozen_at``: the label amounts of the frozen runs (``None``: all). ``only_at``: initialisation -> the label
-amounts it runs at (the ablations at one amount). ``sites``: ``None`` for one cohort, else a mapping over
+amounts it runs at (the ablations at one amount; an empty list leaves it out). Both may also be given per task
+(a mapping task -> setting), as ``labelled_cases`` may. ``pretrain_seeds``: the seeds the pre-trainings run with (a count
+or a list; ``None``: one pre-training per fine-tuning seed); a fine-tuning seed without a pre-training of its own
+starts from the first of them, so seeds vary the fine-tuning alone. ``sites``: ``None`` for one cohort, else a mapping over
 :data:`SITE_DEFAULTS`."""
 
 COHORT_KINDS: dict[str, str] = {"pretrain": "pretrain", "segmentation": "brats", "classification": "adni"}
@@ -272,6 +276,10 @@ def _checked(study: dict[str, Any]) -> dict[str, Any]:
         raise ValueError(f"encoders must be distinct names among {list(ENCODER_USES)}, got {study['encoders']}")
     study["encoders"] = encoders
     amounts = label_amounts(study)
+    for key in ("frozen_at", "only_at"):  # either for every task, or a mapping task -> setting
+        value = study[key]
+        if isinstance(value, Mapping) and value and set(value) <= set(TASKS):
+            study[key] = value.get(study["task"], DEFAULT_STUDY[key])
     if study["frozen_at"] is not None:
         study["frozen_at"] = sorted(float(a) for a in study["frozen_at"])
         if any(a not in amounts for a in study["frozen_at"]):
@@ -297,6 +305,15 @@ def _checked(study: dict[str, Any]) -> dict[str, Any]:
     if not seeds or len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds must be a positive count or a list of distinct integers, got {study['seeds']}")
     study["seeds"] = seeds
+    pretrain_seeds = study["pretrain_seeds"]
+    if pretrain_seeds is None:
+        pretrain_seeds = seeds
+    elif isinstance(pretrain_seeds, int):
+        pretrain_seeds = seeds[: int(pretrain_seeds)]
+    pretrain_seeds = [int(s) for s in pretrain_seeds]
+    if not pretrain_seeds or len(set(pretrain_seeds)) != len(pretrain_seeds):
+        raise ValueError(f"pretrain_seeds must be a positive count or distinct seeds, got {study['pretrain_seeds']}")
+    study["pretrain_seeds"] = pretrain_seeds
     if int(study["workers"]) < 1:
         raise ValueError(f"workers must be at least 1, got {study['workers']}")
     study["workers"] = int(study["workers"])
@@ -398,15 +415,20 @@ def plan_runs(study: Mapping[str, Any]) -> tuple[list[PretrainRun], list[Finetun
     then the fine-tunings seed by seed, smallest label amount first (so a partial study covers every
     initialisation early). An initialisation in ``only_at`` runs at those amounts only; frozen runs at
     ``frozen_at`` only."""
+    pretrain_seeds = study.get("pretrain_seeds") or study["seeds"]
     pretrains = {
         (init.name, seed): PretrainRun(init, seed)
-        for seed in study["seeds"]
+        for seed in pretrain_seeds
         for init in study["initialisations"]
         if init.pretrain_overrides is not None
     }
+
+    def pretrain_of(init: Initialisation, seed: int) -> PretrainRun | None:
+        return pretrains.get((init.name, seed if seed in pretrain_seeds else pretrain_seeds[0]))
+
     unit = label_unit(study)
     finetunes = [
-        FinetuneRun(study["task"], init, amount, seed, pretrains.get((init.name, seed)), encoder, unit)
+        FinetuneRun(study["task"], init, amount, seed, pretrain_of(init, seed), encoder, unit)
         for seed in study["seeds"]
         for amount in label_amounts(study)
         for encoder in study["encoders"]
