@@ -116,6 +116,27 @@ def test_linear_probe_keeps_encoder_weights_and_batchnorm_statistics():
     assert net.encoder.training and all(p.requires_grad for p in net.parameters())
 
 
+def test_frozen_batch_norm_decouples_the_cases_of_a_batch():
+    torch.manual_seed(0)
+    x = torch.rand(2, 1, 32, 32, 32)
+    # in training mode the final BatchNorm normalises over the batch, so with global pooling the two cases'
+    # pooled features mirror each other about the norm's bias
+    net = _classifier().train()
+    pooled = net.encoder(x)[-1].flatten(2).mean(dim=2)
+    torch.testing.assert_close(pooled.sum(dim=0), 2 * net.encoder.norm.bias, atol=1e-5, rtol=0)
+    frozen = copy.deepcopy(net)
+    frozen.freeze_batch_norm = True
+    frozen.train()
+    assert frozen.training and frozen.encoder.training and not frozen.encoder.norm.training
+    statistics = frozen.encoder.norm.running_mean.clone()
+    with torch.no_grad():
+        alone = [frozen(x[i : i + 1]) for i in range(2)]
+        together = frozen(x)
+    torch.testing.assert_close(together, torch.cat(alone))  # each case's logits no longer depend on its batch
+    assert torch.equal(frozen.encoder.norm.running_mean, statistics)
+    assert any(p.requires_grad for p in frozen.encoder.norm.parameters())  # its affine still trains
+
+
 def test_fine_tuning_updates_encoder():
     net = _classifier()
     before = copy.deepcopy(net.encoder.state_dict())
