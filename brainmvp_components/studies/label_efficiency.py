@@ -183,10 +183,10 @@ The labels: ``fractions`` of the datalist's training split, unless ``labelled_ca
 ``datalist_labelled<n>.json`` per number beside it. ``encoders``: ``finetune`` and/or ``frozen``;
 ``frozen_at``: the label amounts of the frozen runs (``None``: all). ``only_at``: initialisation -> the label
 amounts it runs at (the ablations at one amount; an empty list leaves it out). Both may also be given per task
-(a mapping task -> setting), as ``labelled_cases`` may. ``pretrain_seeds``: the seeds the pre-trainings run with (a count
-or a list; ``None``: one pre-training per fine-tuning seed); a fine-tuning seed without a pre-training of its own
-starts from the first of them, so seeds vary the fine-tuning alone. ``sites``: ``None`` for one cohort, else a mapping over
-:data:`SITE_DEFAULTS`."""
+(a mapping task -> setting), as ``labelled_cases`` may. ``pretrain_seeds``: the seeds the pre-trainings run with
+(a count or a list; ``None``: one pre-training per fine-tuning seed); a fine-tuning seed without a pre-training of
+its own starts from the first of them, so seeds vary the fine-tuning alone. ``sites``: ``None`` for one cohort, else
+a mapping over :data:`SITE_DEFAULTS`."""
 
 COHORT_KINDS: dict[str, str] = {"pretrain": "pretrain", "segmentation": "brats", "classification": "adni"}
 """The embedded cohort of each stage."""
