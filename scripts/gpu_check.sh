@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# CUDA check of the BrainMVP pre-training step at the authors' configuration (scripts/gpu_check.py does the work).
+# CUDA check of the BrainMVP pre-training step at the authors' configuration and of the segmentation bundle's
+# inference (eager, autocast, ONNX Runtime's CUDA provider, TensorRT where installed: time and Dice against
+# float32's labels); scripts/gpu_check.py does the work.
 #
 #   bash scripts/gpu_check.sh [gpu_check.py options]      # e.g. --steps 5, --parts env matmul bf16 fp16
 #   bash scripts/gpu_check.sh --prepare-wheels            # on a machine with an index: fetch the missing packages
