@@ -19,7 +19,7 @@ import json
 import sys
 from pathlib import Path
 
-from brainmvp_components.metrics.learning_report import build_learning_summary, summary_table
+from brainmvp_components.metrics.learning_report import build_learning_summary, seeds_table, summary_table
 from brainmvp_components.utils.writers import write_json
 
 
@@ -81,7 +81,16 @@ def main(argv: list[str] | None = None) -> int:
     write.add_argument("--total", type=float, default=None, help="wall time of the whole demo")
     write.add_argument("--seed", type=int, default=None, help="the seed of the run (recorded in the summary)")
     write.add_argument("--require-targets", action="store_true", help="exit with status 3 when a target is missed")
+    seeds = commands.add_parser("seeds", help="the figures of several demo runs side by side, mean and spread")
+    seeds.add_argument("outs", nargs="+", type=Path, help="demo output folders, each holding summary.json")
     args = parser.parse_args(argv)
+    if args.command == "seeds":
+        summaries = {}
+        for out in args.outs:
+            summary = _read(out / "summary.json", "demo summary")
+            summaries[summary.get("seed", str(out))] = summary
+        print(seeds_table(summaries))
+        return 0
     if args.command == "record-seconds":
         record_seconds(args.file, args.stage, args.seconds)
         return 0

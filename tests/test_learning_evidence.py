@@ -18,7 +18,13 @@ from brainmvp_components.data.datalist import build_datalist, load_datalist
 from brainmvp_components.data.modalities import modality_index
 from brainmvp_components.handlers.curves import TrainingCurvesHandler
 from brainmvp_components.handlers.previews import TemplateEvolutionHandler
-from brainmvp_components.metrics.learning_report import SUMMARY_KEYS, TARGETS, build_learning_summary, summary_table
+from brainmvp_components.metrics.learning_report import (
+    SUMMARY_KEYS,
+    TARGETS,
+    build_learning_summary,
+    seeds_table,
+    summary_table,
+)
 from brainmvp_components.metrics.pretraining import (
     cohort_mean_images,
     pearson_r,
@@ -170,6 +176,16 @@ def test_summary_schema_and_targets():
     assert sum(not t["met"] for t in failing["targets"].values()) == 1
     table = summary_table(failing)
     assert "seg_dice_all.wt" in table and "NO" in table and f"{len(TARGETS) - 1} of {len(TARGETS)}" in table
+
+
+def test_seeds_table_gives_mean_spread_and_how_often_each_target_is_met():
+    summaries = {0: build_learning_summary(*_inputs(wt=0.9)), 1: build_learning_summary(*_inputs(wt=0.5))}
+    table = seeds_table(summaries)
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]] for line in table.splitlines()[2:]}
+    assert rows["`seg_dice_all.wt`"] == ["0.900", "0.500", "0.700 ± 0.283", ">= 0.85", "1 of 2"]
+    assert rows["`cls.auc`"][-1] == "2 of 2"
+    assert set(f"`{key}`" for key in TARGETS) <= set(rows)
+    assert "`seg_dice_missing_baselines.zeros.t2.wt`" in rows  # reported beside the targets
 
 
 def test_summary_treats_undefined_figures_as_unmet_and_names_missing_inputs():

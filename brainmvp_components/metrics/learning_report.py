@@ -14,7 +14,15 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["MISSING_FILLS", "SUMMARY_KEYS", "TARGETS", "build_learning_summary", "check_targets", "summary_table"]
+__all__ = [
+    "MISSING_FILLS",
+    "SUMMARY_KEYS",
+    "TARGETS",
+    "build_learning_summary",
+    "check_targets",
+    "seeds_table",
+    "summary_table",
+]
 
 SUMMARY_KEYS: tuple[str, ...] = (
     "seg_dice_all",
@@ -176,4 +184,42 @@ def summary_table(summary: Mapping[str, Any]) -> str:
         wt += [summary["seg_dice_missing_baselines"][f][m]["wt"] for f in MISSING_FILLS[1:]]
         lines.append(f"  no {m:<6}" + " / ".join("n/a" if v is None else f"{v:.3f}" for v in wt))
     lines.append("seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in summary["seconds"].items()))
+    return "\n".join(lines)
+
+
+def _seed_figures() -> list[str]:
+    """The figures of :func:`seeds_table`, in order: every target's, then the reported ones beside them."""
+    figures = list(TARGETS)
+    figures += [f"seg_dice_missing.{m}.{r}" for m in TEMPLATE_MODALITIES for r in REGIONS]
+    figures += [f"seg_dice_missing_baselines.{f}.{m}.wt" for f in MISSING_FILLS[1:] for m in TEMPLATE_MODALITIES]
+    figures += ["cls.accuracy", *(f"seconds.{stage}" for stage in ("cohorts", "pretrain", "segmentation",
+                                                                      "classification"))]  # fmt: skip
+    seen: set[str] = set()
+    return [f for f in figures if not (f in seen or seen.add(f))]
+
+
+def seeds_table(summaries: Mapping[int | str, Mapping[str, Any]]) -> str:
+    """Markdown table of several runs' summaries (``{seed: summary}``): each figure at every seed, its mean and
+    sample standard deviation, its target and at how many seeds the target is met."""
+    import statistics
+
+    seeds = list(summaries)
+    header = ["figure", *(f"seed {s}" for s in seeds), "mean ± sd", "target", "met"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for figure in _seed_figures():
+        values = [_lookup(summaries[s], figure) for s in seeds]
+        if all(v is None for v in values):
+            continue
+        known = [v for v in values if v is not None]
+        digits = 0 if figure.startswith("seconds") else 3
+        spread = f" ± {statistics.stdev(known):.{digits}f}" if len(known) > 1 else ""
+        cells = ["n/a" if v is None else f"{v:.{digits}f}" for v in values]
+        target, met = "", ""
+        if figure in TARGETS:
+            comparison, threshold = TARGETS[figure]
+            target = f"{comparison} {threshold:g}"
+            hits = sum(v is not None and (v >= threshold if comparison == ">=" else v <= threshold) for v in values)
+            met = f"{hits} of {len(values)}"
+        lines.append(f"| `{figure}` | " + " | ".join(cells) + f" | {statistics.fmean(known):.{digits}f}{spread} | "
+                     f"{target} | {met} |")  # fmt: skip
     return "\n".join(lines)
