@@ -45,9 +45,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+@torch.no_grad()
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    torch.set_grad_enabled(False)
     spacing = (args.spacing,) * 3
     training = load_probe_cases(args.datalist, "training", spacing=spacing)
     tests = {split: load_probe_cases(args.datalist, split, spacing=spacing) for split in args.splits}

@@ -339,7 +339,12 @@ def test_classification_settings_warning_failures_and_resume(cls_bundle, adni_co
     step = next(i for i, s in enumerate(parser["initialize"]) if "save_training_settings" in s)
     parser.get_parsed_content(f"initialize#{step}")
     settings = json.loads((cls_bundle / "models" / "training_settings.json").read_text())
-    assert settings == {"roi_size": [48, 48, 48], "spacing": [4.0, 4.0, 4.0], "input_modalities": ["t1"]}
+    assert settings == {
+        "roi_size": [48, 48, 48],
+        "resize_to_roi": False,
+        "spacing": [4.0, 4.0, 4.0],
+        "input_modalities": ["t1"],
+    }
 
     data = tmp_path / "data"
     cases = sorted(p for p in adni_cohort.iterdir() if p.is_dir())[:3]

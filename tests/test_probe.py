@@ -128,6 +128,7 @@ def test_probe_command_on_a_cohort(brats_cohort, tmp_path):
          "--encoder", "random", "--per-class", "200", "--seeds", "2", "--roi", "64", "--out", str(out)]  # fmt: skip
     )
     assert code == 0
+    assert torch.is_grad_enabled()  # the command leaves autograd as it found it (the suite runs it in-process)
     rows = list(csv.DictReader(out.open()))
     assert [(r["encoder"], r["seed"]) for r in rows] == [
         (e, s) for s in ("0", "1") for e in ("intensities", "saved", "random")
