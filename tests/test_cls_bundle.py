@@ -159,6 +159,28 @@ def test_inference(workspace, trained, python_executable, subprocess_env, repo_r
     assert "label" not in rows[0]
 
 
+def test_operating_point_chosen_then_used_by_evaluation(workspace, trained, python_executable, subprocess_env,
+                                                        repo_root):  # fmt: skip
+    bundle = workspace["bundle"]
+    common = ("--bundle_root", str(bundle), "--dataset_dir", str(workspace["data"]))
+    # the tiny cohort's validation split may hold one class: calibrate on the training split here
+    _run(python_executable, subprocess_env, repo_root, _configs("train.json", "evaluate.json", "quick.json",
+         "calibrate.json"), *common, "--eval_split", "training")  # fmt: skip
+    record = json.loads((bundle / "models" / "operating_point.json").read_text())
+    assert 0 < record["threshold"] < 1 and record["positive_class"] == "AD" and len(record["model_sha256"]) == 64
+    assert (bundle / "eval" / "validation" / "predictions.csv").is_file()
+    try:
+        _run(python_executable, subprocess_env, repo_root, _configs("train.json", "evaluate.json", "quick.json"),
+             *common, "--output_dir", str(workspace["root"] / "eval_at_operating_point"))  # fmt: skip
+        out = workspace["root"] / "eval_at_operating_point"
+        metrics = json.loads((out / "metrics.json").read_text())
+        assert metrics["threshold"] == pytest.approx(record["threshold"])
+        for row in _rows(out / "predictions.csv"):
+            assert int(row["predicted_label"]) == int(float(row["prob_AD"]) >= record["threshold"])
+    finally:
+        (bundle / "models" / "operating_point.json").unlink()
+
+
 def test_check_properties_and_metadata(workspace):
     common = {"bundle_root": str(workspace["bundle"]), "dataset_dir": str(workspace["data"]), "logging_file": False}
     for files, workflow_type in (

@@ -36,6 +36,7 @@ from monai.metrics import (
 from monai.utils import min_version, optional_import
 
 from brainmvp_components.data.modalities import strip_nifti_suffix
+from brainmvp_components.metrics.operating_point import OPERATING_POINT_NAME, load_threshold
 from brainmvp_components.utils.writers import write_csv, write_json
 
 Events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
@@ -46,6 +47,8 @@ else:
 
 __all__ = [
     "METRIC_NAMES",
+    "load_threshold",
+    "predicted_classes",
     "split_selection_metric",
     "confusion_matrix",
     "classification_metrics",
@@ -100,8 +103,21 @@ def _finite_or_none(value: float) -> float | None:
     return None if value is None or not math.isfinite(value) else float(value)
 
 
+def predicted_classes(probabilities: torch.Tensor, threshold: float | None = None) -> torch.Tensor:
+    """``(N,)`` class indices from ``(N, C)`` probabilities: the argmax, or with two classes and a ``threshold``
+    (:mod:`~brainmvp_components.metrics.operating_point`), class 1 where its probability is at least that."""
+    if threshold is None:
+        return probabilities.argmax(dim=1)
+    if probabilities.shape[1] != 2:
+        raise ValueError(f"a decision threshold needs two classes, got {probabilities.shape[1]}")
+    return (probabilities[:, 1] >= threshold).long()
+
+
 def classification_metrics(
-    probabilities: torch.Tensor, labels: torch.Tensor | Sequence[int], class_names: Sequence[str] | None = None
+    probabilities: torch.Tensor,
+    labels: torch.Tensor | Sequence[int],
+    class_names: Sequence[str] | None = None,
+    threshold: float | None = None,
 ) -> dict[str, Any]:
     """Accuracy, balanced accuracy, F1, AUC and the confusion matrix of a set of predictions.
 
@@ -109,6 +125,8 @@ def classification_metrics(
         probabilities: ``(N, C)`` class probabilities (or scores; the prediction is their argmax).
         labels: ``(N,)`` class indices or ``(N, C)`` one-hot labels.
         class_names: names of the ``C`` classes for the per-class entries, default ``"0"``, ``"1"``, ...
+        threshold: two classes only: class 1 where its probability is at least this (see
+            :func:`predicted_classes`); ``None``: the argmax. AUC does not depend on it.
 
     Returns:
         ``{"accuracy", "balanced_accuracy", "f1", "auc"}`` as floats (``nan`` when undefined, e.g. AUC with a
@@ -128,7 +146,7 @@ def classification_metrics(
     if num_cases == 0:
         raise ValueError("no predictions to compute metrics on")
 
-    predicted = probabilities.argmax(dim=1)
+    predicted = predicted_classes(probabilities, threshold)
     eye = torch.eye(num_classes)
     per_class_counts = get_confusion_matrix(eye[predicted], eye[labels]).sum(dim=0)  # (C, 4): tp, fp, tn, fn
     sensitivity = compute_confusion_matrix_metric("sensitivity", per_class_counts)
@@ -268,6 +286,11 @@ class ClassificationReportWriter:
         prefix: file name prefix.
         keep_existing: keep the cases of an existing ``<prefix>predictions.json`` that this run did not predict
             (a resumed inference run skips them), so the files list every case predicted so far.
+        threshold: two classes only: the operating point (class 1 where its probability is at least this);
+            ``None``: the class of larger probability.
+        operating_point_dir: when given and every case is labelled, choose the operating point on this run's
+            cases (:func:`~brainmvp_components.metrics.operating_point.choose_threshold`) and write it there as
+            ``operating_point.json`` (the classification bundle's ``calibrate.json`` runs on the validation split).
     """
 
     def __init__(
@@ -279,8 +302,12 @@ class ClassificationReportWriter:
         case_key: str = "case",
         prefix: str = "",
         keep_existing: bool = False,
+        threshold: float | None = None,
+        operating_point_dir: str | os.PathLike | None = None,
     ) -> None:
         self.output_dir = Path(output_dir)
+        self.threshold = threshold
+        self.operating_point_dir = operating_point_dir
         self.class_names = [str(c) for c in class_names]
         if len(self.class_names) < 2:
             raise ValueError(f"need at least two class names, got {self.class_names}")
@@ -332,7 +359,7 @@ class ClassificationReportWriter:
         """One dictionary per collected case (the CSV rows)."""
         rows = []
         for case, probabilities, label in zip(self._cases, self._probabilities, self._labels):
-            predicted = int(probabilities.argmax())
+            predicted = int(predicted_classes(probabilities.reshape(1, -1), self.threshold)[0])
             row: dict[str, Any] = {"case": case}
             row.update({f"prob_{name}": float(p) for name, p in zip(self.class_names, probabilities.tolist())})
             row.update({"predicted_label": predicted, "prediction": self.class_names[predicted]})
@@ -390,8 +417,16 @@ class ClassificationReportWriter:
         ]
         document = {"class_names": self.class_names, "cases": cases}
         write_json(paths["predictions_json"], document)
+        if labelled and self.operating_point_dir is not None:
+            operating_point = self._save_operating_point()
+            if operating_point is not None:
+                paths["operating_point"] = operating_point
         if labelled:
-            metrics = classification_metrics(torch.stack(self._probabilities), self._labels, self.class_names)
+            metrics = classification_metrics(
+                torch.stack(self._probabilities), self._labels, self.class_names, threshold=self.threshold
+            )
+            if self.threshold is not None:
+                metrics["threshold"] = self.threshold
             paths["metrics_json"] = self.output_dir / f"{self.prefix}metrics.json"
             paths["metrics_csv"] = self.output_dir / f"{self.prefix}metrics.csv"
             write_json(paths["metrics_json"], _json_safe(metrics))
@@ -410,6 +445,28 @@ class ClassificationReportWriter:
             )
         logger.info("wrote %s", ", ".join(str(p) for p in paths.values()))
         return paths
+
+
+    def _save_operating_point(self) -> Path | None:
+        from brainmvp_components.metrics.operating_point import choose_threshold, save_operating_point
+
+        if len(self.class_names) != 2:
+            raise ValueError(f"an operating point needs two classes, got {self.class_names}")
+        scores = [float(p[1]) for p in self._probabilities]
+        labels = [int(label) for label in self._labels]
+        if len(set(labels)) < 2:
+            logger.warning(
+                "no operating point: the %d case(s) written to %s are all of one class; decisions stay by the "
+                "larger probability (calibrate on a split with both classes)",
+                len(labels),
+                self.output_dir,
+            )
+            (Path(self.operating_point_dir) / OPERATING_POINT_NAME).unlink(missing_ok=True)  # an older model's
+            return None
+        threshold, balanced = choose_threshold(scores, labels)
+        logger.info("operating point %.4f: balanced accuracy %.4f on %d case(s)", threshold, balanced, len(scores))
+        return save_operating_point(self.operating_point_dir, threshold, positive_class=self.class_names[1],
+                                    balanced_accuracy=balanced, cases=len(scores))  # fmt: skip
 
 
 TRAINING_SETTINGS_NAME = "training_settings.json"
