@@ -41,9 +41,9 @@ def test_report_flags_settings_that_lose_dice():
 
 
 def test_settings_segment_and_score_labelled_cases(tmp_path, capsys):
-    make_cohort(tmp_path / "brats", "brats", 2, seed=0, spacing=4.0)
+    make_cohort(tmp_path / "brats", "brats", 3, seed=0, spacing=4.0)
     datalist = tmp_path / "brats" / "datalist.json"
-    build_datalist(tmp_path / "brats", datalist, val_fraction=0.0, test_fraction=1.0)
+    build_datalist(tmp_path / "brats", datalist, val_fraction=0.0, test_fraction=0.6)  # 2 test cases
     bundle = prepare_bundle(tmp_path, "bundle", [str(QUICK)])
     out = tmp_path / "rows.json"
     code = main(["--bundle-root", str(bundle), "--datalist", str(datalist), "--work-dir", str(tmp_path / "runs"),
