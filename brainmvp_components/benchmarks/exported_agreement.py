@@ -24,7 +24,7 @@ import numpy as np
 
 from brainmvp_components.benchmarks import harness
 
-__all__ = ["RUNTIMES", "REGIONS", "agreement_rows", "label_disagreement", "main", "report"]
+__all__ = ["RUNTIMES", "REGIONS", "agreement_rows", "label_disagreement", "labelled_test_cases", "main", "report"]
 
 SEG_BUNDLE = harness.PACKAGE_ROOT / "bundles" / "brainmvp_brats_seg"
 REGIONS = ("tc", "wt", "et")
@@ -120,6 +120,20 @@ def report(rows: Sequence[dict], tolerance: float) -> str:
     return "\n".join(lines)
 
 
+def labelled_test_cases(bundle_root: Path, datalist: Path) -> dict[str, str]:
+    """Case -> reference segmentation of the labelled cases in ``datalist``'s test split, once the trained bundle's
+    ``models/model.pt`` is known to exist; a clear exit when either is missing."""
+    from brainmvp_components.data.datalist import load_datalist
+
+    weights = bundle_root / "models" / "model.pt"
+    if not weights.is_file():
+        raise SystemExit(f"{weights} not found: train the bundle first")
+    references = {e["case"]: e["label"] for e in load_datalist(str(datalist), split="test") if "label" in e}
+    if not references:
+        raise SystemExit(f"{datalist}: no labelled case in its test split")
+    return references
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bundle-root", required=True, type=Path, help="trained bundle folder (models/model.pt)")
@@ -136,18 +150,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run eager and each exported runtime, print the table; exit 1 when a runtime is outside the tolerance."""
     from monai.bundle import ConfigParser
 
-    from brainmvp_components.data.datalist import load_datalist
-
     args = parse_args(argv)
     runtimes = [r for r in args.runtimes.split(",") if r]
     unknown = [r for r in runtimes if r not in RUNTIMES]
     if unknown:
         raise SystemExit(f"unknown runtime(s) {unknown}; choose from {list(RUNTIMES)}")
-    if not (args.bundle_root / "models" / "model.pt").is_file():
-        raise SystemExit(f"{args.bundle_root / 'models' / 'model.pt'} not found: train the bundle first")
-    references = {e["case"]: e["label"] for e in load_datalist(str(args.datalist), split="test") if "label" in e}
-    if not references:
-        raise SystemExit(f"{args.datalist}: no labelled case in its test split")
+    references = labelled_test_cases(args.bundle_root, args.datalist)
     work = args.work_dir.resolve()
     work.mkdir(parents=True, exist_ok=True)
     configs = [SEG_BUNDLE / "configs" / "inference.json", *[Path(c).resolve() for c in args.extra_configs]]

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from brainmvp_components.benchmarks import harness
-from brainmvp_components.benchmarks.exported_agreement import REGIONS, agreement_rows
+from brainmvp_components.benchmarks.exported_agreement import REGIONS, agreement_rows, labelled_test_cases
 from brainmvp_components.benchmarks.pipeline import SEG_BUNDLE, run_variant
 
 __all__ = ["SETTINGS", "main", "report", "setting_overrides"]
@@ -124,15 +124,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == CHILD_FLAG:
         return harness.child_main(argv, CHILD_FLAG, run_variant, RESULT_TAG)
-    from brainmvp_components.data.datalist import load_datalist
-
     args = parse_args(argv)
-    weights = args.bundle_root / "models" / "model.pt"
-    if not weights.is_file():
-        raise SystemExit(f"{weights} not found: train the bundle first")
-    references = {e["case"]: e["label"] for e in load_datalist(str(args.datalist), split="test") if "label" in e}
-    if not references:
-        raise SystemExit(f"{args.datalist}: no labelled case in its test split")
+    references = labelled_test_cases(args.bundle_root, args.datalist)
     work = args.work_dir.resolve()
     configs = [str(SEG_BUNDLE / "configs" / "inference.json"), *(str(Path(c).resolve()) for c in args.extra_configs)]
     defaults = bundle_defaults(configs)

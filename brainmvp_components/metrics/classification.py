@@ -36,7 +36,12 @@ from monai.metrics import (
 from monai.utils import min_version, optional_import
 
 from brainmvp_components.data.modalities import strip_nifti_suffix
-from brainmvp_components.metrics.operating_point import OPERATING_POINT_NAME, load_threshold
+from brainmvp_components.metrics.operating_point import (
+    OPERATING_POINT_NAME,
+    choose_threshold,
+    load_threshold,
+    save_operating_point,
+)
 from brainmvp_components.utils.writers import write_csv, write_json
 
 Events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
@@ -417,11 +422,9 @@ class ClassificationReportWriter:
         ]
         document = {"class_names": self.class_names, "cases": cases}
         write_json(paths["predictions_json"], document)
-        if labelled and self.operating_point_dir is not None:
-            operating_point = self._save_operating_point()
-            if operating_point is not None:
-                paths["operating_point"] = operating_point
         if labelled:
+            if self.operating_point_dir is not None and (operating_point := self._save_operating_point()):
+                paths["operating_point"] = operating_point
             metrics = classification_metrics(
                 torch.stack(self._probabilities), self._labels, self.class_names, threshold=self.threshold
             )
@@ -446,10 +449,7 @@ class ClassificationReportWriter:
         logger.info("wrote %s", ", ".join(str(p) for p in paths.values()))
         return paths
 
-
     def _save_operating_point(self) -> Path | None:
-        from brainmvp_components.metrics.operating_point import choose_threshold, save_operating_point
-
         if len(self.class_names) != 2:
             raise ValueError(f"an operating point needs two classes, got {self.class_names}")
         scores = [float(p[1]) for p in self._probabilities]

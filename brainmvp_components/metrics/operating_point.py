@@ -12,6 +12,7 @@ and inference when present (an operating point of another model is an error, not
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import math
@@ -60,24 +61,24 @@ def choose_threshold(scores: Sequence[float], labels: Sequence[int]) -> tuple[fl
         raise ValueError(f"labels must be 0 or 1, got {sorted(set(y.tolist()))}")
     if not (y == 0).any() or not (y == 1).any():
         raise ValueError("the operating point needs validation cases of both classes")
-    logits = np.unique(_logit(s))
+    z = _logit(s)
+    logits = np.unique(z)
     # cut points: below every score, between consecutive scores, above every score
     cuts = np.concatenate([[logits[0] - 1.0], (logits[:-1] + logits[1:]) / 2, [logits[-1] + 1.0]])
-    z = _logit(s)
     positives, negatives = (y == 1).sum(), (y == 0).sum()
     balanced = np.array([(((z >= c) & (y == 1)).sum() / positives + ((z < c) & (y == 0)).sum() / negatives) / 2
                          for c in cuts])  # fmt: skip
     best = balanced.max()
-    # runs of consecutive best cuts; a run spans from the score below its first cut to the score above its last
+    # cut i lies between edges[i] and edges[i + 1]; a run of consecutive best cuts spans from the score below its
+    # first cut to the score above its last
     edges = np.concatenate([[logits[0] - 2.0], logits, [logits[-1] + 2.0]])
-    runs, start = [], None
-    for i, value in enumerate(np.isclose(balanced, best)):
-        if value and start is None:
-            start = i
-        if start is not None and (not value or i == len(cuts) - 1):
-            end = i if value else i - 1
-            runs.append((edges[end + 1] - edges[start], (edges[start] + edges[end + 1]) / 2))
-            start = None
+    is_best = np.isclose(balanced, best)
+    runs = []
+    for best_run, group in itertools.groupby(range(len(cuts)), key=lambda i: bool(is_best[i])):
+        if best_run:
+            run = list(group)
+            low, high = edges[run[0]], edges[run[-1] + 1]
+            runs.append((high - low, (low + high) / 2))
     _, middle = max(runs)
     return float(1 / (1 + math.exp(-middle))), float(best)
 
